@@ -1,0 +1,60 @@
+"""What every handler shares: JSON body loading through a schema, the Bearer check, rate limits."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+from marshmallow import Schema
+
+from .. import keys
+from ..errors import ApiError, invalid_token, validation_error
+from ..users import User, get_user
+
+
+async def load_body(request: web.Request, schema: Schema) -> dict[str, Any]:
+    """The request's JSON object validated by schema (unknown fields → 422); size limited by the app."""
+    raw = await request.read()  # client_max_size (limits.max_body_bytes) answers 413 past the limit
+    if not raw.strip():
+        data: Any = {}
+    else:
+        try:
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise ApiError(400, "invalid JSON body", "bad_request") from None
+    if not isinstance(data, dict):
+        raise validation_error({"_schema": ["a JSON object is required"]})
+    return schema.load(data)  # ValidationError → 422 in the error middleware
+
+
+def bearer_token(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return None
+
+
+async def user_for_token(request: web.Request, token: str | None) -> User:
+    """The token's user, or 401 `invalid token` (missing, bad, expired, or revoked by a password change)."""
+    claims = request.app[keys.TOKENS].decode(token) if token else None
+    if claims is None:
+        raise invalid_token()
+    user = await get_user(request.app[keys.DB], claims.user_id)
+    if user is None or user.token_version != claims.version:
+        raise invalid_token()
+    request["user_id"] = user.id  # for the request log line
+    return user
+
+
+async def authenticate(request: web.Request) -> User:
+    return await user_for_token(request, bearer_token(request))
+
+
+def limit_by_ip(request: web.Request, name: str) -> None:
+    request.app[keys.LIMITERS][name].check(request.app[keys.CLIENT_IP](request))
+
+
+def limit_by_user(request: web.Request, name: str, user: User) -> None:
+    request.app[keys.LIMITERS][name].check(f"user:{user.id}")

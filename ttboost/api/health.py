@@ -1,0 +1,35 @@
+"""GET /health: liveness for monitors; no secrets, no config."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from aiohttp import web
+
+from .. import __version__, keys
+from ..errors import json_response
+
+_LOGGER = logging.getLogger(__name__)
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/health")
+async def health(request: web.Request) -> web.Response:
+    app = request.app
+    try:
+        await app[keys.DB].fetchval("SELECT 1")
+        db_state = "ok"
+    except Exception:  # health must answer even when the database does not
+        _LOGGER.exception("health: database check failed")
+        db_state = "error"
+    body = {
+        "status": "ok" if db_state == "ok" else "degraded",
+        "version": __version__,
+        "uptime_s": round(time.monotonic() - app[keys.STARTED_AT], 1),
+        "db": db_state,
+        "live_sessions": app[keys.LIVE].active_count() if keys.LIVE in app else 0,
+        "ws_clients": len(app[keys.SOCKETS]) if keys.SOCKETS in app else 0,
+    }
+    return json_response(body, status=200 if db_state == "ok" else 503)

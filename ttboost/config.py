@@ -1,0 +1,264 @@
+"""Typed configuration: config.toml, then TTBOOST_<SECTION>_<KEY> and the seed's legacy env names."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+
+class ConfigError(Exception):
+    """A config value is missing or wrong; the message names the key."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = "0.0.0.0"
+    port: int = 8000
+    public_url: str = ""  # base of every returned URL; default http://127.0.0.1:<port>
+    media_url: str = ""  # base of media links; defaults to public_url
+    env: str = "dev"  # dev | prod
+    cors_origins: tuple[str, ...] = ()
+    trusted_proxies: tuple[str, ...] = ()
+    tls_cert: str = ""
+    tls_key: str = ""
+    language: str = "ru"  # ru | en: texts of status/error frames
+    shutdown_timeout: float = 5.0  # seconds given to open requests on shutdown
+
+
+@dataclass(frozen=True, slots=True)
+class StorageConfig:
+    data_dir: str = "data"
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    jwt_secret: str = ""  # empty: generated once into <data_dir>/jwt.secret
+    token_ttl_hours: float = 24.0
+    web_issue_api_key: str = ""  # empty: /v2/license/issue-web is disabled
+    web_allowed_plans: tuple[str, ...] = ()  # empty: every configured plan
+    bcrypt_rounds: int = 12  # cost factor; tests lower it, production keeps ~250 ms per hash
+
+
+@dataclass(frozen=True, slots=True)
+class TTSConfig:
+    engine: str = "edge"  # edge | espeak
+    default_voice: str = "ru-RU-SvetlanaNeural"
+    cache_max_mb: float = 200.0
+    max_concurrency: int = 4  # syntheses running at once
+    max_pending: int = 20  # queued chat phrases; beyond this the oldest is shed
+    edge_wss_url: str = ""  # empty: edge-tts's own service; set to point at a proxy or a fake
+
+
+@dataclass(frozen=True, slots=True)
+class TikTokConfig:
+    sign_api_key: str = ""
+    sign_api_url: str = "https://tiktok.eulerstream.com"
+    app_url: str = "https://www.tiktok.com"
+    webcast_url: str = "https://webcast.tiktok.com/webcast"
+    proxy: str = ""
+    live_check_seconds: float = 60.0
+    reconnect_max_seconds: float = 300.0
+    idle_stop_minutes: float = 15.0
+    combo_timeout_seconds: float = 5.0  # a combo whose end never arrives closes after this silence
+    healthy_seconds: float = 60.0  # connected this long resets the back-off
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    auth_per_minute: int = 10
+    upload_per_minute: int = 5
+    triggers_per_minute: int = 20
+    tts_per_minute: int = 30
+    max_body_bytes: int = 64 * 1024
+    max_sound_bytes: int = 1024 * 1024
+    min_sound_seconds: float = 0.1
+    max_sound_seconds: float = 30.0
+    replay_events: int = 500
+    replay_seconds: float = 600.0
+    ws_send_queue: int = 256  # frames buffered per socket before the client counts as too slow
+    ws_heartbeat_seconds: float = 30.0
+    demo_min_seconds: float = 3.0
+    demo_max_seconds: float = 8.0
+
+
+@dataclass(frozen=True, slots=True)
+class PlanConfig:
+    id: str
+    name: str
+    max_triggers: int
+    max_sounds: int
+
+
+DEFAULT_PLANS: tuple[PlanConfig, ...] = (
+    PlanConfig("nova_streamer_one_mobile", "Nova Streamer One (mobile)", 50, 50),
+    PlanConfig("nova_streamer_one_desktop", "Nova Streamer One (desktop)", 50, 50),
+    PlanConfig("nova_streamer_duo", "Nova Streamer Duo", 100, 100),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    tts: TTSConfig = field(default_factory=TTSConfig)
+    tiktok: TikTokConfig = field(default_factory=TikTokConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    plans: tuple[PlanConfig, ...] = DEFAULT_PLANS
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.storage.data_dir)
+
+    @property
+    def public_url(self) -> str:
+        return (self.server.public_url or f"http://127.0.0.1:{self.server.port}").rstrip("/")
+
+    @property
+    def media_url(self) -> str:
+        return (self.server.media_url or self.public_url).rstrip("/")
+
+    @property
+    def ws_base(self) -> str:
+        base = self.public_url
+        if base.startswith("https://"):
+            return "wss://" + base[len("https://"):]
+        return "ws://" + base.removeprefix("http://")
+
+    def plan(self, plan_id: str) -> PlanConfig | None:
+        return next((p for p in self.plans if p.id == plan_id), None)
+
+    def replace(self, **sections: Mapping[str, Any]) -> Config:
+        """A copy with some keys of some sections changed (tests and the CLI use it)."""
+        changes = {name: dataclasses.replace(getattr(self, name), **values) for name, values in sections.items()}
+        return dataclasses.replace(self, **changes)
+
+
+_SECTIONS: dict[str, type] = {
+    "server": ServerConfig, "storage": StorageConfig, "auth": AuthConfig,
+    "tts": TTSConfig, "tiktok": TikTokConfig, "limits": LimitsConfig,
+}
+# The seed's environment names (spec §1), mapped onto section keys.
+_LEGACY_ENV: dict[str, tuple[str, str]] = {
+    "ENV": ("server", "env"),
+    "SERVER_HOST": ("server", "public_url"),
+    "TTS_BASE_URL": ("server", "media_url"),
+    "WEB_ISSUE_API_KEY": ("auth", "web_issue_api_key"),
+    "WEB_ALLOWED_PLANS": ("auth", "web_allowed_plans"),
+    "SIGN_API_KEY": ("tiktok", "sign_api_key"),
+}
+_CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("server", "env"): ("dev", "prod"),
+    ("server", "language"): ("ru", "en"),
+    ("tts", "engine"): ("edge", "espeak"),
+}
+
+
+def _coerce(key: str, raw: Any, hint: Any) -> Any:
+    """Turns a TOML or env value into the field's type, or raises ConfigError naming the key."""
+    origin = typing.get_origin(hint)
+    try:
+        if origin is tuple:
+            items = raw.split(",") if isinstance(raw, str) else list(raw)
+            return tuple(str(i).strip() for i in items if str(i).strip())
+        if hint is bool:
+            if isinstance(raw, bool):
+                return raw
+            if str(raw).lower() in ("1", "true", "yes", "on"):
+                return True
+            if str(raw).lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if hint is int:
+            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+                raise ValueError(raw)
+            return int(raw)
+        if hint is float:
+            if isinstance(raw, bool):
+                raise ValueError(raw)
+            return float(raw)
+        if not isinstance(raw, (str, int, float)) or isinstance(raw, bool):
+            raise ValueError(raw)
+        return str(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"config: {key} has an invalid value {raw!r}") from None
+
+
+def _build_section(name: str, cls: type, values: Mapping[str, Any]) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, raw in values.items():
+        if key not in known:
+            raise ConfigError(f"config: unknown key {name}.{key}")
+        value = _coerce(f"{name}.{key}", raw, hints[key])
+        choices = _CHOICES.get((name, key))
+        if choices and value not in choices:
+            raise ConfigError(f"config: {name}.{key} must be one of {', '.join(choices)} (got {value!r})")
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+            raise ConfigError(f"config: {name}.{key} must not be negative (got {value!r})")
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def _build_plans(raw: Any) -> tuple[PlanConfig, ...]:
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError("config: [plans] must be a table of plan tables")
+    plans = []
+    for plan_id, spec in raw.items():
+        if not isinstance(spec, dict):
+            raise ConfigError(f"config: plans.{plan_id} must be a table")
+        unknown = set(spec) - {"name", "max_triggers", "max_sounds"}
+        if unknown:
+            raise ConfigError(f"config: unknown key plans.{plan_id}.{sorted(unknown)[0]}")
+        plans.append(PlanConfig(
+            id=plan_id,
+            name=_coerce(f"plans.{plan_id}.name", spec.get("name", plan_id), str),
+            max_triggers=_coerce(f"plans.{plan_id}.max_triggers", spec.get("max_triggers", 50), int),
+            max_sounds=_coerce(f"plans.{plan_id}.max_sounds", spec.get("max_sounds", 50), int),
+        ))
+    return tuple(plans)
+
+
+def load_config(path: str | os.PathLike[str] | None = "config.toml",
+                env: Mapping[str, str] | None = None) -> Config:
+    """Reads the TOML file (if it exists), applies env overrides and validates everything."""
+    env = os.environ if env is None else env
+    data: dict[str, Any] = {}
+    if path is not None and Path(path).is_file():
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config: {path} is not valid TOML: {exc}") from None
+    unknown = set(data) - set(_SECTIONS) - {"plans"}
+    if unknown:
+        raise ConfigError(f"config: unknown section [{sorted(unknown)[0]}]")
+    sections: dict[str, dict[str, Any]] = {name: dict(data.get(name, {})) for name in _SECTIONS}
+    for legacy, (section, key) in _LEGACY_ENV.items():
+        if env.get(legacy):
+            sections[section][key] = env[legacy]
+    for name, value in env.items():
+        if not name.startswith("TTBOOST_"):
+            continue
+        section, _, key = name[len("TTBOOST_"):].lower().partition("_")
+        if section in _SECTIONS and key:
+            sections[section][key] = value
+    built = {name: _build_section(name, cls, sections[name]) for name, cls in _SECTIONS.items()}
+    plans = _build_plans(data["plans"]) if "plans" in data else DEFAULT_PLANS
+    config = Config(plans=plans, **built)
+    for plan_id in config.auth.web_allowed_plans:
+        if config.plan(plan_id) is None:
+            raise ConfigError(f"config: auth.web_allowed_plans names unknown plan {plan_id!r}")
+    if config.auth.jwt_secret and len(config.auth.jwt_secret) < 32:
+        raise ConfigError("config: auth.jwt_secret must be at least 32 characters (or empty to generate one)")
+    if not 4 <= config.auth.bcrypt_rounds <= 16:
+        raise ConfigError("config: auth.bcrypt_rounds must be between 4 and 16")
+    if bool(config.server.tls_cert) != bool(config.server.tls_key):
+        raise ConfigError("config: server.tls_cert and server.tls_key must be set together")
+    return config
+

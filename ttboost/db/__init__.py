@@ -1,0 +1,5 @@
+"""SQLite access: the connection wrapper and the schema steps."""
+
+from .database import Database, Row
+
+__all__ = ["Database", "Row"]

@@ -1,0 +1,76 @@
+"""Numbered schema steps; step N runs once, in its own transaction, and sets PRAGMA user_version = N."""
+
+from __future__ import annotations
+
+from typing import Final
+
+MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
+    (  # 1: the first schema
+        """CREATE TABLE users (
+            id INTEGER PRIMARY KEY,
+            username TEXT UNIQUE,  -- NULL for a key-only account made by the legacy login
+            password_hash TEXT,
+            token_version INTEGER NOT NULL DEFAULT 0,
+            settings TEXT NOT NULL DEFAULT '{}',
+            created_at TEXT NOT NULL
+        )""",
+        """CREATE TABLE licenses (
+            key TEXT PRIMARY KEY,
+            plan TEXT NOT NULL,
+            status TEXT NOT NULL CHECK (status IN ('active', 'revoked')),
+            issued_at TEXT NOT NULL,
+            expires_at TEXT NOT NULL,
+            user_id INTEGER REFERENCES users(id) ON DELETE SET NULL,
+            order_id TEXT UNIQUE,
+            email TEXT,
+            amount INTEGER,
+            currency TEXT
+        )""",
+        "CREATE INDEX licenses_user ON licenses(user_id)",
+        """CREATE TABLE sounds (
+            user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+            filename TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            duration_ms INTEGER NOT NULL,
+            format TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            PRIMARY KEY (user_id, filename)
+        )""",
+        """CREATE TABLE triggers (
+            id INTEGER PRIMARY KEY,
+            user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+            event_type TEXT NOT NULL,
+            condition_key TEXT NOT NULL,
+            condition_value TEXT NOT NULL DEFAULT '',
+            action TEXT NOT NULL,
+            action_params TEXT NOT NULL DEFAULT '{}',
+            enabled INTEGER NOT NULL DEFAULT 1,
+            priority INTEGER NOT NULL DEFAULT 0,
+            cooldown_seconds INTEGER NOT NULL DEFAULT 0,
+            once_per_stream INTEGER NOT NULL DEFAULT 0,
+            trigger_name TEXT NOT NULL DEFAULT '',
+            executed_count INTEGER NOT NULL DEFAULT 0,
+            created_at TEXT NOT NULL,
+            UNIQUE (user_id, event_type, condition_key, condition_value)
+        )""",
+        """CREATE TABLE stream_sessions (
+            id INTEGER PRIMARY KEY,
+            user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+            tiktok_username TEXT NOT NULL,
+            started_at TEXT NOT NULL,
+            ended_at TEXT,
+            end_reason TEXT
+        )""",
+        "CREATE INDEX stream_sessions_user ON stream_sessions(user_id, started_at)",
+        """CREATE TABLE events (
+            id INTEGER PRIMARY KEY,
+            user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+            session_id INTEGER REFERENCES stream_sessions(id) ON DELETE SET NULL,
+            seq INTEGER NOT NULL,
+            type TEXT NOT NULL,
+            ts TEXT NOT NULL,
+            payload TEXT NOT NULL
+        )""",
+        "CREATE INDEX events_user_seq ON events(user_id, seq)",
+    ),
+)

@@ -1,0 +1,39 @@
+"""Every AppKey of the application, in one place (no string keys, no module-level state)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final
+
+from aiohttp import web
+
+if TYPE_CHECKING:  # keys only name types; importing them here would tie every module together
+    from .config import Config
+    from .db import Database
+    from .live.manager import LiveManager
+    from .media import MediaStore
+    from .pipeline.actions import ActionEngine
+    from .pipeline.bus import EventBus
+    from .pipeline.dispatch import Dispatcher
+    from .ratelimit import ClientIP, RateLimiter
+    from .security import PasswordHasher, TokenService
+    from .settings import SettingsStore
+    from .triggers import TriggerStore
+    from .tts.service import SpeechService
+    from .ws import SocketRegistry
+
+CONFIG: Final = web.AppKey["Config"]("config")
+DB: Final = web.AppKey["Database"]("db")
+TOKENS: Final = web.AppKey["TokenService"]("tokens")
+PASSWORDS: Final = web.AppKey["PasswordHasher"]("passwords")
+CLIENT_IP: Final = web.AppKey["ClientIP"]("client_ip")
+LIMITERS: Final = web.AppKey["dict[str, RateLimiter]"]("limiters")
+STARTED_AT: Final = web.AppKey["float"]("started_at")  # monotonic clock at start, for uptime
+MEDIA: Final = web.AppKey["MediaStore"]("media")
+SPEECH: Final = web.AppKey["SpeechService"]("speech")
+SETTINGS: Final = web.AppKey["SettingsStore"]("settings")
+TRIGGERS: Final = web.AppKey["TriggerStore"]("triggers")
+ACTIONS: Final = web.AppKey["ActionEngine"]("actions")
+BUS: Final = web.AppKey["EventBus"]("bus")
+DISPATCHER: Final = web.AppKey["Dispatcher"]("dispatcher")
+LIVE: Final = web.AppKey["LiveManager"]("live")
+SOCKETS: Final = web.AppKey["SocketRegistry"]("sockets")

@@ -1,0 +1,39 @@
+"""Logging: one format for the app and the libraries, and the request log line without secrets."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from typing import Final
+
+from aiohttp import web
+
+from .errors import Handler
+
+_ACCESS = logging.getLogger("ttboost.access")
+# Tokens travel in query strings (WebSocket ?token=) and legacy paths (/ws/<token>): never log them.
+_SECRET_QUERY: Final = re.compile(r"((?:^|[?&])(?:token|access_token|ws_token|key|license_key)=)[^&]*", re.I)
+_WS_PATH: Final = re.compile(r"^/ws/[^/]+")
+
+
+def setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def redact(path_qs: str) -> str:
+    path_qs = _WS_PATH.sub("/ws/***", path_qs)
+    return _SECRET_QUERY.sub(r"\1***", path_qs)
+
+
+@web.middleware
+async def access_log_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    finally:
+        _ACCESS.info("%s %s %s %d %.1fms user=%s", request.remote, request.method, redact(request.path_qs),
+                     status, (time.perf_counter() - started) * 1000, request.get("user_id", "-"))

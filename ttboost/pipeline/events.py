@@ -1,0 +1,60 @@
+"""LiveEvent: the project's own event type; no TikTokLive object travels past the adapter."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+# Event types the app receives (spec §6). "viewer" is the room's viewer count.
+EVENT_TYPES: Final = ("chat", "gift", "like", "viewer_join", "follow", "share", "subscribe", "viewer")
+# Types a trigger may be attached to (spec §5).
+TRIGGER_EVENT_TYPES: Final = ("chat", "gift", "like", "viewer_join", "follow", "share", "subscribe")
+
+
+@dataclass(slots=True)
+class LiveEvent:
+    """One normalized LIVE event.
+
+    Fields not meaningful for a type keep their zero value and are left out of the frame.
+    """
+
+    type: str
+    user: str = ""  # display name: nickname, else handle
+    username: str = ""  # handle (TikTok unique id)
+    user_id: str = ""  # TikTok numeric user id as text; keys per-viewer state (cooldowns, likes)
+    message: str = ""  # chat text
+    gift_id: int = 0
+    gift_name: str = ""
+    count: int = 0  # gift: combo count; like: likes in this burst
+    diamond_count: int = 0  # gift: diamonds per unit
+    streakable: bool = False  # gift: a combo gift (TikTok gift type 1)
+    repeat_end: bool = False  # gift: this delivery ends the combo
+    total: int = 0  # like: the room's like total; viewer: total viewers seen
+    current: int = 0  # viewer: current viewers
+    sub_month: int = 0  # subscribe
+    msg_id: str = ""  # TikTok message id; duplicate deliveries share it
+    # What the action hook decided: sound_url / tts_url / volume (spec §6 optional fields).
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def diamonds(self) -> int:
+        """Diamonds of the whole gift (count × per-unit diamonds)."""
+        return self.count * self.diamond_count
+
+    def to_payload(self) -> dict[str, Any]:
+        """The type-specific fields of the WebSocket frame (without type/seq/ts)."""
+        t = self.type
+        if t == "viewer":
+            return {"current": self.current, "total": self.total}
+        out: dict[str, Any] = {"user": self.user or self.username, "username": self.username}
+        if t == "chat":
+            out["message"] = self.message
+        elif t == "gift":
+            out.update(gift_id=self.gift_id, gift_name=self.gift_name, count=self.count,
+                       diamond_count=self.diamond_count, diamonds=self.diamonds)
+        elif t == "like":
+            out.update(count=self.count, total=self.total)
+        elif t == "subscribe":
+            out["sub_month"] = self.sub_month
+        out.update(self.extra)
+        return out

@@ -1,0 +1,81 @@
+"""Token-bucket rate limits per key (client IP or user id), and the client-IP rule for trusted proxies."""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import time
+from typing import Callable, Final, Iterable
+
+from aiohttp import web
+
+from .errors import ApiError
+
+MAX_KEYS: Final = 10_000  # buckets kept; full buckets are dropped first when this is exceeded
+
+
+class RateLimiter:
+    """`limit` requests per `period` seconds per key; a burst of `limit` is allowed, then one per period/limit."""
+
+    def __init__(self, limit: int, period: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit = limit
+        self.period = period
+        self._clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, updated at)
+
+    @property
+    def _rate(self) -> float:
+        return self.limit / self.period
+
+    def hit(self, key: str) -> float | None:
+        """Takes one token for key; returns None when allowed, else seconds until the next token."""
+        if self.limit <= 0:
+            return None
+        now = self._clock()
+        tokens, updated = self._buckets.pop(key, (float(self.limit), now))
+        tokens = min(float(self.limit), tokens + (now - updated) * self._rate)
+        if tokens >= 1.0:
+            self._buckets[key] = (tokens - 1.0, now)
+            retry = None
+        else:
+            self._buckets[key] = (tokens, now)
+            retry = (1.0 - tokens) / self._rate
+        if len(self._buckets) > MAX_KEYS:
+            self._prune(now)
+        return retry
+
+    def check(self, key: str) -> None:
+        """Raises 429 `too many requests` with Retry-After (whole seconds, at least 1)."""
+        retry = self.hit(key)
+        if retry is not None:
+            raise ApiError(429, "too many requests", "too_many_requests",
+                           headers={"Retry-After": str(max(1, math.ceil(retry)))})
+
+    def _prune(self, now: float) -> None:
+        # Oldest-updated first; dicts keep insertion order and hit() re-inserts on every use.
+        for key in list(self._buckets)[: len(self._buckets) - MAX_KEYS // 2]:
+            del self._buckets[key]
+
+
+class ClientIP:
+    """The caller's IP: the peer, or the right-most untrusted X-Forwarded-For hop when the peer is trusted."""
+
+    def __init__(self, trusted: Iterable[str]) -> None:
+        self._trusted = [ipaddress.ip_network(t, strict=False) for t in trusted]
+
+    def _is_trusted(self, ip: str) -> bool:
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(addr in net for net in self._trusted)
+
+    def __call__(self, request: web.Request) -> str:
+        peer = request.remote or ""
+        if not self._trusted or not self._is_trusted(peer):
+            return peer
+        hops = [h.strip() for h in ",".join(request.headers.getall("X-Forwarded-For", [])).split(",") if h.strip()]
+        for hop in reversed(hops):
+            if not self._is_trusted(hop):
+                return hop
+        return hops[0] if hops else peer

@@ -1,0 +1,112 @@
+"""Passwords (bcrypt off the event loop), access tokens (JWT HS256 with a token version), license keys."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import bcrypt
+import jwt
+
+# 32 symbols without I, L, O, U: 5 bits each, 12 symbols = 60 bits (spec §3).
+KEY_ALPHABET: Final = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+KEY_PREFIX: Final = "TTB"
+KEY_GROUPS: Final = 3
+KEY_GROUP_LEN: Final = 4
+JWT_ALGORITHM: Final = "HS256"
+SECRET_BYTES: Final = 32  # generated JWT secret length
+
+
+def generate_license_key() -> str:
+    groups = ("".join(secrets.choice(KEY_ALPHABET) for _ in range(KEY_GROUP_LEN)) for _ in range(KEY_GROUPS))
+    return "-".join((KEY_PREFIX, *groups))
+
+
+def normalize_license_key(raw: str) -> str:
+    """Upper case, spaces removed; the format itself is checked by lookup (an unknown key is not found)."""
+    return "".join(raw.split()).upper()
+
+
+def constant_time_equals(given: str, expected: str) -> bool:
+    return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
+
+
+class PasswordHasher:
+    """bcrypt in a worker thread; unknown users are checked against a dummy hash so timing matches."""
+
+    def __init__(self, rounds: int = 12) -> None:
+        self.rounds = rounds
+        self._dummy: bytes | None = None
+
+    def _hash_sync(self, password: str) -> str:
+        return bcrypt.hashpw(password.encode("utf-8"), bcrypt.gensalt(self.rounds)).decode("ascii")
+
+    async def hash(self, password: str) -> str:
+        return await asyncio.to_thread(self._hash_sync, password)
+
+    async def verify(self, password: str, hashed: str | None) -> bool:
+        """True when the password matches; with no hash, burns the same time and returns False."""
+        if hashed is None:
+            if self._dummy is None:
+                self._dummy = (await self.hash(secrets.token_urlsafe(16))).encode("ascii")
+            await asyncio.to_thread(bcrypt.checkpw, password.encode("utf-8"), self._dummy)
+            return False
+        return await asyncio.to_thread(bcrypt.checkpw, password.encode("utf-8"), hashed.encode("ascii"))
+
+
+@dataclass(frozen=True, slots=True)
+class TokenClaims:
+    user_id: int
+    version: int
+    expires_at: float
+
+
+class TokenService:
+    """Issues and checks access tokens; `ver` must equal the user's token_version (a password change bumps it)."""
+
+    def __init__(self, secret: str, ttl_seconds: float) -> None:
+        self._secret = secret
+        self.ttl_seconds = ttl_seconds
+
+    def issue(self, user_id: int, version: int, now: float | None = None) -> str:
+        now = time.time() if now is None else now
+        payload = {"sub": str(user_id), "iat": int(now), "exp": int(now + self.ttl_seconds), "ver": version}
+        return jwt.encode(payload, self._secret, algorithm=JWT_ALGORITHM)
+
+    def decode(self, token: str) -> TokenClaims | None:
+        """Claims of a valid, unexpired HS256 token, else None (bad signature, alg none, expired, malformed)."""
+        try:
+            data = jwt.decode(token, self._secret, algorithms=[JWT_ALGORITHM],
+                              options={"require": ["sub", "iat", "exp", "ver"]})
+            return TokenClaims(int(data["sub"]), int(data["ver"]), float(data["exp"]))
+        except (jwt.PyJWTError, ValueError, TypeError, KeyError):
+            return None
+
+
+def load_or_create_secret(path: Path) -> str:
+    """The JWT secret from data/jwt.secret, created once with mode 0600 (spec §1)."""
+    try:
+        return path.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(SECRET_BYTES)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as fh:
+        fh.write(secret)
+        fh.flush()
+        os.fsync(fh.fileno())
+    try:
+        os.link(tmp, path)  # fails if another process created it first: then theirs wins
+    except FileExistsError:
+        secret = path.read_text(encoding="ascii").strip()
+    finally:
+        os.unlink(tmp)
+    return secret
