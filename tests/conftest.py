@@ -35,11 +35,12 @@ ClientFactory = Callable[..., Awaitable[TestClient]]
 def make_client(aiohttp_client: Any, tmp_path: Path) -> ClientFactory:
     """Builds the real app; keyword sections override config (e.g. limits={"auth_per_minute": 2})."""
 
-    async def factory(config: Config | None = None, **sections: dict[str, Any]) -> TestClient:
+    async def factory(config: Config | None = None, *, live_source: Any = None,
+                      **sections: dict[str, Any]) -> TestClient:
         cfg = config or make_config(tmp_path / "data")
         if sections:
             cfg = cfg.replace(**sections)
-        return await aiohttp_client(create_app(cfg))
+        return await aiohttp_client(create_app(cfg, live_source=live_source, reconnect_min_seconds=0.01))
 
     return factory
 

@@ -57,7 +57,7 @@ class TTSConfig:
 @dataclass(frozen=True, slots=True)
 class TikTokConfig:
     sign_api_key: str = ""
-    sign_api_url: str = "https://tiktok.eulerstream.com"
+    sign_api_url: str = "https://api.eulerstream.com"
     app_url: str = "https://www.tiktok.com"
     webcast_url: str = "https://webcast.tiktok.com/webcast"
     proxy: str = ""

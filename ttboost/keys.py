@@ -37,3 +37,6 @@ BUS: Final = web.AppKey["EventBus"]("bus")
 DISPATCHER: Final = web.AppKey["Dispatcher"]("dispatcher")
 LIVE: Final = web.AppKey["LiveManager"]("live")
 SOCKETS: Final = web.AppKey["SocketRegistry"]("sockets")
+
+# Per-request storage.
+USER_ID: Final = web.RequestKey("user_id", int)  # the authenticated user, for the request log line

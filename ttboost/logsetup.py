@@ -9,6 +9,7 @@ from typing import Final
 
 from aiohttp import web
 
+from . import keys
 from .errors import Handler
 
 _ACCESS = logging.getLogger("ttboost.access")
@@ -36,4 +37,4 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
         return response
     finally:
         _ACCESS.info("%s %s %s %d %.1fms user=%s", request.remote, request.method, redact(request.path_qs),
-                     status, (time.perf_counter() - started) * 1000, request.get("user_id", "-"))
+                     status, (time.perf_counter() - started) * 1000, request.get(keys.USER_ID, "-"))

@@ -44,7 +44,7 @@ async def user_for_token(request: web.Request, token: str | None) -> User:
     user = await get_user(request.app[keys.DB], claims.user_id)
     if user is None or user.token_version != claims.version:
         raise invalid_token()
-    request["user_id"] = user.id  # for the request log line
+    request[keys.USER_ID] = user.id  # for the request log line
     return user
 
 

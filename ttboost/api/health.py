@@ -29,7 +29,7 @@ async def health(request: web.Request) -> web.Response:
         "version": __version__,
         "uptime_s": round(time.monotonic() - app[keys.STARTED_AT], 1),
         "db": db_state,
-        "live_sessions": app[keys.LIVE].active_count() if keys.LIVE in app else 0,
-        "ws_clients": len(app[keys.SOCKETS]) if keys.SOCKETS in app else 0,
+        "live_sessions": app[keys.LIVE].active_count(),
+        "ws_clients": len(app[keys.SOCKETS]),
     }
     return json_response(body, status=200 if db_state == "ok" else 503)

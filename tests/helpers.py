@@ -1,0 +1,30 @@
+"""Test helpers other test modules share: a user with an active license, made by inserting rows directly."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from aiohttp import web
+
+from ttboost import keys
+from ttboost.security import generate_license_key
+from ttboost.timeutil import iso, utcnow
+
+
+async def make_user(app: web.Application, username: str | None = "streamer", *,
+                    plan: str | None = None, days: int = 30) -> tuple[int, str]:
+    """Inserts a user (no password) bound to an active license of `plan` (default: the first configured plan);
+    returns (user_id, bearer token). plan="" makes a user without any license."""
+    db = app[keys.DB]
+    now = utcnow()
+    user_id = await db.execute("INSERT INTO users (username, created_at) VALUES (?, ?)", (username, iso(now)))
+    plan_id = app[keys.CONFIG].plans[0].id if plan is None else plan
+    if plan_id:
+        await db.execute(
+            "INSERT INTO licenses (key, plan, status, issued_at, expires_at, user_id) VALUES (?, ?, 'active', ?, ?, ?)",
+            (generate_license_key(), plan_id, iso(now), iso(now + timedelta(days=days)), user_id))
+    return user_id, app[keys.TOKENS].issue(user_id, 0)
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}

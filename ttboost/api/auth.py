@@ -1,0 +1,80 @@
+"""Account endpoints: /v2/auth/* (redeem-license, login, me, password) and the legacy POST /auth/login."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from .. import accounts, keys, licenses
+from ..errors import json_response
+from ..schemas import LegacyLoginSchema, LoginSchema, PasswordChangeSchema, RedeemLicenseSchema
+from .common import authenticate, limit_by_ip, load_body
+
+_LOGGER = logging.getLogger(__name__)
+
+routes = web.RouteTableDef()
+
+
+@routes.post("/v2/auth/redeem-license")
+async def redeem_license(request: web.Request) -> web.Response:
+    limit_by_ip(request, "auth")
+    body = await load_body(request, RedeemLicenseSchema())
+    app = request.app
+    user = await accounts.redeem_license(app[keys.DB], app[keys.PASSWORDS], username=body["username"],
+                                         password=body["password"], license_key=body["license_key"])
+    request[keys.USER_ID] = user.id
+    return json_response(await accounts.token_response(app[keys.DB], app[keys.TOKENS], user))
+
+
+@routes.post("/v2/auth/login")
+async def login(request: web.Request) -> web.Response:
+    limit_by_ip(request, "auth")
+    body = await load_body(request, LoginSchema())
+    app = request.app
+    user = await accounts.login(app[keys.DB], app[keys.PASSWORDS], body["username"], body["password"])
+    request[keys.USER_ID] = user.id
+    return json_response(await accounts.token_response(app[keys.DB], app[keys.TOKENS], user))
+
+
+@routes.get("/v2/auth/me")
+async def me(request: web.Request) -> web.Response:
+    limit_by_ip(request, "auth")
+    user = await authenticate(request)
+    app = request.app
+    plan = await licenses.plan_for_user(app[keys.DB], user.id)
+    plan_config = app[keys.CONFIG].plan(plan.plan_id) if plan.plan_id else None
+    settings = await app[keys.SETTINGS].get(user.id)
+    return json_response({
+        "id": user.id,
+        "username": user.username,
+        "tiktok_username": settings.get("tiktok_username") or user.username,
+        "plan": plan.plan_id,
+        # A plan removed from the config after the key was sold still shows something readable.
+        "plan_name": plan_config.name if plan_config else plan.plan_id,
+        "license_expires_at": plan.expires_at,
+        "license_active": plan.active,
+        "created_at": user.created_at,
+        "settings": settings,
+    })
+
+
+@routes.post("/v2/auth/password")
+async def change_password(request: web.Request) -> web.Response:
+    limit_by_ip(request, "auth")
+    user = await authenticate(request)
+    body = await load_body(request, PasswordChangeSchema())
+    app = request.app
+    updated = await accounts.change_password(app[keys.DB], app[keys.PASSWORDS], user,
+                                             body["current_password"], body["new_password"])
+    return json_response(await accounts.token_response(app[keys.DB], app[keys.TOKENS], updated))
+
+
+@routes.post("/auth/login")
+async def legacy_login(request: web.Request) -> web.Response:
+    limit_by_ip(request, "auth")
+    body = await load_body(request, LegacyLoginSchema())
+    app = request.app
+    user = await accounts.legacy_login(app[keys.DB], body["license_key"])
+    request[keys.USER_ID] = user.id
+    return json_response(await accounts.legacy_response(app[keys.DB], app[keys.TOKENS], app[keys.CONFIG], user))

@@ -1,0 +1,58 @@
+"""POST /v2/events/simulate: a fake event through the real pipeline (the app's "test this trigger" button)."""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from aiohttp import web
+from marshmallow import Schema, fields, validate
+
+from .. import keys
+from ..errors import json_response
+from ..pipeline.events import TRIGGER_EVENT_TYPES, LiveEvent
+from .common import authenticate, limit_by_user, load_body
+
+SIMULATED_USER_ID: Final = "0"  # TikTok ids are never 0: simulated viewers cannot collide with real ones
+
+routes = web.RouteTableDef()
+
+
+class SimulateSchema(Schema):
+    type = fields.String(required=True, validate=validate.OneOf(TRIGGER_EVENT_TYPES),
+                         metadata={"description": "event type to simulate"})
+    user = fields.String(load_default="Test Viewer", validate=validate.Length(1, 64),
+                         metadata={"description": "viewer handle (also used as the nickname)"})
+    message = fields.String(load_default="", validate=validate.Length(max=500))
+    gift_name = fields.String(load_default="Rose", validate=validate.Length(1, 64))
+    gift_id = fields.Integer(load_default=5655, strict=True, validate=validate.Range(0, 2**31 - 1))
+    count = fields.Integer(load_default=1, strict=True, validate=validate.Range(1, 10_000))
+    diamond_count = fields.Integer(load_default=1, strict=True, validate=validate.Range(0, 1_000_000))
+    likes = fields.Integer(load_default=1, strict=True, validate=validate.Range(1, 10_000))
+
+
+def simulated_event(data: dict[str, Any]) -> LiveEvent:
+    name = data["user"]
+    handle = name.strip().lstrip("@").lower().replace(" ", "_")
+    event = LiveEvent(data["type"], user=name, username=handle, user_id=f"{SIMULATED_USER_ID}:{handle}")
+    if event.type == "chat":
+        event.message = data["message"] or "привет!"
+    elif event.type == "gift":  # a simulated gift is a finished combo: it goes out at once
+        event.gift_id, event.gift_name = data["gift_id"], data["gift_name"]
+        event.count, event.diamond_count = data["count"], data["diamond_count"]
+    elif event.type == "like":
+        event.count = data["likes"]
+    elif event.type == "subscribe":
+        event.sub_month = 1
+    return event
+
+
+@routes.post("/v2/events/simulate")
+async def simulate(request: web.Request) -> web.Response:
+    user = await authenticate(request)
+    limit_by_user(request, "simulate", user)
+    data = await load_body(request, SimulateSchema())
+    dispatcher = request.app[keys.DISPATCHER]
+    await dispatcher.prepare(user.id)
+    event = simulated_event(data)
+    seq = dispatcher.dispatch(user.id, event)
+    return json_response({"status": "ok", "seq": seq, "event": {"type": event.type, **event.to_payload()}})

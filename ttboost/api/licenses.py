@@ -1,0 +1,49 @@
+"""License endpoints: the web shop's POST /v2/license/issue-web and a user's POST /v2/license/redeem."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from .. import accounts, keys, licenses
+from ..errors import ApiError, json_response
+from ..schemas import IssueWebSchema, RedeemSchema
+from ..security import constant_time_equals
+from .common import authenticate, load_body
+
+_LOGGER = logging.getLogger(__name__)
+
+routes = web.RouteTableDef()
+
+
+def _check_web_api_key(request: web.Request) -> None:
+    expected = request.app[keys.CONFIG].auth.web_issue_api_key
+    if not expected:  # never open: an unset key disables the endpoint
+        raise ApiError(503, "web issuing disabled", "web_issuing_disabled")
+    given = request.headers.get("Web-Api-Key", "")
+    if not constant_time_equals(given, expected):
+        _LOGGER.warning("issue-web: wrong or missing Web-Api-Key from %s", request.remote)
+        raise ApiError(401, "invalid api key", "invalid_api_key")
+
+
+@routes.post("/v2/license/issue-web")
+async def issue_web(request: web.Request) -> web.Response:
+    _check_web_api_key(request)
+    body = await load_body(request, IssueWebSchema())
+    app = request.app
+    lic = await licenses.issue_web(app[keys.DB], app[keys.CONFIG], order_id=body["order_id"], plan=body["plan"],
+                                   ttl_days=body["ttl_days"], email=body["email"], amount=body["amount"],
+                                   currency=body["currency"])
+    return json_response({"key": lic.key, "plan": lic.plan, "expires_at": lic.expires_at})
+
+
+@routes.post("/v2/license/redeem")
+async def redeem(request: web.Request) -> web.Response:
+    user = await authenticate(request)
+    body = await load_body(request, RedeemSchema())
+    db = request.app[keys.DB]
+    await accounts.redeem_for_user(db, user, body["license_key"])
+    plan = await licenses.plan_for_user(db, user.id)
+    return json_response({"status": "ok", "plan": plan.plan_id, "license_expires_at": plan.expires_at,
+                          "license_active": plan.active})

@@ -1,0 +1,23 @@
+"""stream_sessions rows: when each LIVE connection began and ended, for stats and replay later."""
+
+from __future__ import annotations
+
+from ..db import Database
+from ..timeutil import iso, utcnow
+
+
+async def begin_stream(db: Database, user_id: int, tiktok_username: str) -> int:
+    return await db.execute(
+        "INSERT INTO stream_sessions (user_id, tiktok_username, started_at) VALUES (?, ?, ?)",
+        (user_id, tiktok_username, iso(utcnow())))
+
+
+async def end_stream(db: Database, session_id: int, reason: str) -> None:
+    await db.execute("UPDATE stream_sessions SET ended_at = ?, end_reason = ? WHERE id = ? AND ended_at IS NULL",
+                     (iso(utcnow()), reason, session_id))
+
+
+async def close_dangling(db: Database) -> int:
+    """Rows left open by a crash are closed at start-up, so no stream looks live forever."""
+    return await db.execute("UPDATE stream_sessions SET ended_at = started_at, end_reason = 'crashed' "
+                            "WHERE ended_at IS NULL")

@@ -1,0 +1,103 @@
+"""One LIVE session per user, owned by the server (not by the socket): start, switch, stop, idle reaping."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Callable
+
+from ..config import TikTokConfig
+from ..db import Database
+from ..pipeline.dispatch import Dispatcher
+from .history import close_dangling
+from .session import LiveSession, SessionTiming
+from .source import LiveSource
+
+_LOGGER = logging.getLogger(__name__)
+
+
+class LiveManager:
+    def __init__(self, source: LiveSource, dispatcher: Dispatcher, db: Database, config: TikTokConfig, *,
+                 backoff_min: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._source = source
+        self._dispatcher = dispatcher
+        self._db = db
+        self._clock = clock
+        self._idle_seconds = config.idle_stop_minutes * 60
+        self._timing = SessionTiming(live_check=config.live_check_seconds, backoff_min=backoff_min,
+                                     backoff_max=config.reconnect_max_seconds, healthy=config.healthy_seconds,
+                                     combo_timeout=config.combo_timeout_seconds)
+        self._sessions: dict[int, LiveSession] = {}
+        self._apps: dict[int, int] = {}  # user id -> open app sockets
+        self._left_at: dict[int, float] = {}  # user id -> when the last app socket closed
+        self._lock = asyncio.Lock()  # start/stop/switch of sessions never interleave
+        self._reaper: asyncio.Task[None] | None = None
+
+    async def start_reaper(self) -> None:
+        await close_dangling(self._db)
+        self._reaper = asyncio.create_task(self._reap(), name="live-idle-reaper")
+
+    async def close(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            await asyncio.gather(self._reaper, return_exceptions=True)
+        async with self._lock:
+            sessions, self._sessions = list(self._sessions.values()), {}
+        await asyncio.gather(*(s.stop() for s in sessions), return_exceptions=True)
+
+    def active_count(self) -> int:
+        return sum(1 for s in self._sessions.values() if s.running)
+
+    def session(self, user_id: int) -> LiveSession | None:
+        return self._sessions.get(user_id)
+
+    async def start(self, user_id: int, tiktok_username: str) -> LiveSession:
+        """Idempotent: the same user watching the same name keeps its session; another name switches."""
+        await self._dispatcher.prepare(user_id)
+        async with self._lock:
+            current = self._sessions.get(user_id)
+            if current is not None and current.tiktok_username == tiktok_username and current.running:
+                return current
+            if current is not None:
+                await current.stop()
+            session = LiveSession(user_id, tiktok_username, source=self._source, dispatcher=self._dispatcher,
+                                  db=self._db, timing=self._timing, clock=self._clock)
+            self._sessions[user_id] = session
+            session.start()
+            return session
+
+    async def stop(self, user_id: int) -> None:
+        async with self._lock:
+            session = self._sessions.pop(user_id, None)
+            if session is not None:
+                await session.stop()
+
+    def app_connected(self, user_id: int) -> None:
+        self._apps[user_id] = self._apps.get(user_id, 0) + 1
+        self._left_at.pop(user_id, None)
+
+    def app_disconnected(self, user_id: int) -> None:
+        left = self._apps.get(user_id, 0) - 1
+        if left > 0:
+            self._apps[user_id] = left
+        else:
+            self._apps.pop(user_id, None)
+            self._left_at[user_id] = self._clock()
+
+    async def _reap(self) -> None:
+        """Stops sessions nobody has watched for idle_stop_minutes (a forgotten stream costs sign calls)."""
+        interval = max(0.05, min(30.0, self._idle_seconds / 4))
+        while True:
+            await asyncio.sleep(interval)
+            now = self._clock()
+            for user_id, left in list(self._left_at.items()):
+                if now - left >= self._idle_seconds and user_id in self._sessions:
+                    _LOGGER.info("live user=%s: no app for %.0f s, stopping the watch", user_id, now - left)
+                    self._left_at.pop(user_id, None)
+                    try:
+                        await self.stop(user_id)
+                    except Exception:
+                        _LOGGER.exception("idle stop of user %s failed", user_id)
+                elif user_id not in self._sessions:
+                    self._left_at.pop(user_id, None)

@@ -1,0 +1,190 @@
+"""One supervisor task per user: connect, wait for LIVE, back off on drops, report every state change."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable, Final
+
+from ..db import Database
+from ..pipeline.combos import ComboTracker
+from ..pipeline.dispatch import Dispatcher
+from ..pipeline.events import LiveEvent
+from .errors import Blocked, LiveError, SignRateLimited, UserNotFound, UserOffline
+from .history import begin_stream, end_stream
+from .source import LiveSource
+
+_LOGGER = logging.getLogger(__name__)
+
+RATE_LIMIT_FALLBACK_SECONDS: Final = 60.0  # when a 429 names no retry time
+
+
+@dataclass(frozen=True, slots=True)
+class SessionTiming:
+    live_check: float  # seconds between checks while the streamer is offline
+    backoff_min: float  # first reconnect delay (seconds), doubled per failure
+    backoff_max: float
+    healthy: float  # connected this long resets the back-off
+    combo_timeout: float  # a combo whose end never comes is closed after this silence
+
+
+class LiveSession:
+    """Owns the watch of one TikTok user for one app user; state changes go out as status frames."""
+
+    def __init__(self, user_id: int, tiktok_username: str, *, source: LiveSource, dispatcher: Dispatcher,
+                 db: Database, timing: SessionTiming, clock: Callable[[], float] = time.monotonic) -> None:
+        self.user_id = user_id
+        self.tiktok_username = tiktok_username
+        self._source = source
+        self._dispatcher = dispatcher
+        self._db = db
+        self._timing = timing
+        self._clock = clock
+        self._combos = ComboTracker(timing.combo_timeout)
+        self._combo_timer: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._row_task: asyncio.Task[int] | None = None
+        self._connected_at: float | None = None
+        self._new_stream = True  # the next connect starts a new LIVE (resets per-stream trigger state)
+        self.state = "idle"
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def start(self) -> None:
+        if not self.running:
+            self._task = asyncio.create_task(self._supervise(), name=f"live-session-{self.user_id}")
+
+    async def stop(self) -> None:
+        """Cancels the watch (the adapter disconnects cleanly), closes the stream row, reports idle."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        self._close_combos()
+        await self._end_row("stopped")
+        self._set_state("idle")
+
+    def _set_state(self, state: str, retry_in: float | None = None) -> None:
+        if state != self.state or retry_in is not None:
+            _LOGGER.info("live user=%s tiktok=@%s state %s -> %s%s", self.user_id, self.tiktok_username,
+                         self.state, state, f" retry_in={retry_in:.1f}s" if retry_in is not None else "")
+        self.state = state
+        self._dispatcher.status(self.user_id, state, tiktok_username=self.tiktok_username, retry_in=retry_in)
+
+    async def _supervise(self) -> None:
+        backoff = self._timing.backoff_min
+        try:
+            while True:
+                self._set_state("connecting")
+                self._connected_at = None
+                try:
+                    await self._source.watch(self.tiktok_username, self._on_event, self._on_connected)
+                except UserOffline:
+                    self._new_stream = True
+                    self._set_state("waiting_for_live", self._timing.live_check)
+                    await asyncio.sleep(self._timing.live_check)
+                    continue
+                except (UserNotFound, Blocked) as exc:  # permanent: report once, never hammer TikTok
+                    await self._after_watch(type(exc).__name__)
+                    self._dispatcher.error(self.user_id, exc.code, user=self.tiktok_username)
+                    self._set_state("error")
+                    return
+                except SignRateLimited as exc:
+                    await self._after_watch("rate_limited")
+                    wait = exc.retry_after if exc.retry_after > 0 else RATE_LIMIT_FALLBACK_SECONDS
+                    self._dispatcher.error(self.user_id, exc.code, retry=round(wait))
+                    self._set_state("reconnecting", wait)
+                    await asyncio.sleep(wait)
+                    continue
+                except LiveError as exc:  # ConnectionDropped and anything unforeseen: transient
+                    healthy = self._after_healthy()
+                    await self._after_watch("dropped")
+                    if healthy:
+                        backoff = self._timing.backoff_min
+                    _LOGGER.warning("live user=%s tiktok=@%s dropped: %s", self.user_id, self.tiktok_username, exc)
+                    self._set_state("reconnecting", backoff)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, self._timing.backoff_max)
+                    continue
+                # watch() returned: the LIVE ended cleanly.
+                await self._after_watch("ended")
+                backoff = self._timing.backoff_min
+                self._new_stream = True
+                self._set_state("live_ended")
+                self._set_state("waiting_for_live", self._timing.live_check)
+                await asyncio.sleep(self._timing.live_check)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug here must not leave the app believing it is connected
+            _LOGGER.exception("live session of user %s crashed", self.user_id)
+            self._set_state("error")
+
+    def _after_healthy(self) -> bool:
+        return self._connected_at is not None and self._clock() - self._connected_at >= self._timing.healthy
+
+    async def _after_watch(self, reason: str) -> None:
+        self._close_combos()
+        await self._end_row(reason)
+
+    # --- called synchronously by the adapter, in TikTok's order ---
+
+    def _on_connected(self) -> None:
+        self._connected_at = self._clock()
+        if self._new_stream:
+            self._new_stream = False
+            self._dispatcher.stream_started(self.user_id)
+        self._row_task = asyncio.create_task(begin_stream(self._db, self.user_id, self.tiktok_username))
+        self._row_task.add_done_callback(self._row_started)
+        self._set_state("connected")
+
+    def _row_started(self, task: asyncio.Task[int]) -> None:
+        if not task.cancelled() and task.exception() is None:
+            channel = self._dispatcher.bus.get(self.user_id)
+            if channel is not None:
+                channel.session_id = task.result()
+
+    def _on_event(self, event: LiveEvent) -> None:
+        for ready in self._combos.feed(event, self._clock()):
+            self._dispatcher.dispatch(self.user_id, ready)
+        self._arm_combo_timer()
+
+    def _arm_combo_timer(self) -> None:
+        deadline = self._combos.next_deadline()
+        if self._combo_timer is not None:
+            self._combo_timer.cancel()
+            self._combo_timer = None
+        if deadline is not None:
+            delay = max(0.0, deadline - self._clock())
+            self._combo_timer = asyncio.get_running_loop().call_later(delay, self._expire_combos)
+
+    def _expire_combos(self) -> None:
+        self._combo_timer = None
+        for ready in self._combos.expire(self._clock()):
+            self._dispatcher.dispatch(self.user_id, ready)
+        self._arm_combo_timer()
+
+    def _close_combos(self) -> None:
+        """A combo still open when the connection ends is delivered with the count it reached."""
+        if self._combo_timer is not None:
+            self._combo_timer.cancel()
+            self._combo_timer = None
+        for ready in self._combos.flush():
+            self._dispatcher.dispatch(self.user_id, ready)
+
+    async def _end_row(self, reason: str) -> None:
+        task, self._row_task = self._row_task, None
+        if task is None:
+            return
+        try:
+            session_id = await task
+        except Exception:
+            _LOGGER.exception("could not record the stream of user %s", self.user_id)
+            return
+        channel = self._dispatcher.bus.get(self.user_id)
+        if channel is not None and channel.session_id == session_id:
+            channel.session_id = None
+        await end_stream(self._db, session_id, reason)

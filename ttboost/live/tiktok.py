@@ -1,0 +1,281 @@
+"""TikTokAdapter: the only module that speaks TikTokLive; it turns the library's client into a LiveSource."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from types import SimpleNamespace
+from typing import Any, Callable, Final
+
+from ttboost.config import TikTokConfig
+from ttboost.live.errors import (
+    Blocked, ConnectionDropped, LiveError, SignRateLimited, UserNotFound, UserOffline,
+)
+from ttboost.pipeline.events import LiveEvent
+
+_LOGGER = logging.getLogger(__name__)
+
+_LIBRARY_LOGGER: Final = "TikTokLive"
+_LIBRARY_MODULE: Final = "TikTokLive.client.client"
+_DEFAULT_RETRY_AFTER: Final = 60.0  # seconds to wait after a 429 that names no usable wait
+_UNIX_TIME_FLOOR: Final = 1_000_000_000  # a RateLimit-Reset above this is a timestamp, not seconds
+_STOP: Final = object()  # queued after the library's connection task has finished
+_CLEAN_CLOSE_CODES: Final = frozenset({1000, 1001, 1005})  # normal, going away, no status: websockets' OK
+
+
+def _import_library() -> SimpleNamespace:
+    """The TikTokLive names the adapter uses (imported here, never at module load: it costs ~3 s)."""
+    import httpx
+    from TikTokLive import events
+    from TikTokLive.client import errors
+    from TikTokLive.client.client import TikTokLiveClient
+    from TikTokLive.client.web.web_settings import WebDefaults
+    # The protocol class TikTokLive's connection uses (websockets' legacy client, loaded by it above).
+    from websockets.legacy.client import WebSocketClientProtocol
+    return SimpleNamespace(
+        httpx=httpx, errors=errors, TikTokLiveClient=TikTokLiveClient, WebDefaults=WebDefaults,
+        WebSocketClientProtocol=WebSocketClientProtocol, ConnectEvent=events.ConnectEvent,
+        LiveEndEvent=events.LiveEndEvent, converters=_conversions(events),
+    )
+
+
+async def _load_library() -> SimpleNamespace:
+    if _LIBRARY_MODULE not in sys.modules:
+        # The first import takes seconds of CPU: keep it off the event loop.
+        await asyncio.to_thread(_import_library)
+    return _import_library()
+
+
+class TikTokAdapter:
+    """LiveSource backed by TikTokLive; one fresh library client per watch."""
+
+    def __init__(self, config: TikTokConfig) -> None:
+        self._config = config
+
+    async def watch(
+        self,
+        unique_id: str,
+        on_event: Callable[[LiveEvent], None],
+        on_connected: Callable[[], None],
+    ) -> None:
+        """See LiveSource.watch."""
+        unique_id = unique_id.strip().lstrip("@")
+        lib = await _load_library()
+        sockets: list[Any] = []  # the push connection's websockets protocol, to read its close frame
+        client = self._new_client(lib, unique_id, sockets)
+        # Library handlers only enqueue (a raising handler would kill the connection); the loop below
+        # is the one consumer, so events keep TikTok's order.
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        for event_class in (lib.ConnectEvent, lib.LiveEndEvent, *lib.converters):
+            client.add_listener(event_class, queue.put_nowait)
+        task: asyncio.Task[None] | None = None
+        try:
+            try:
+                # Room id lookup (app_url), live check (webcast_url) and signing (sign_api_url).
+                task = await client.start(fetch_live_check=True)
+            except Exception as exc:
+                raise _map_error(lib, exc, unique_id) from exc
+            # Every event of the connection is emitted before its task completes, so this comes last.
+            task.add_done_callback(lambda _task: queue.put_nowait(_STOP))
+            if await self._consume(lib, queue, unique_id, on_event, on_connected):
+                _LOGGER.info("@%s: LIVE ended", unique_id)
+                return
+            if task.cancelled():
+                raise ConnectionDropped(f"@{unique_id}: the connection task was cancelled")
+            exc = task.exception()
+            if exc is not None:
+                raise _map_error(lib, exc, unique_id) from exc
+            code = _unclean_close(sockets[-1]) if sockets else None
+            if code is not None:
+                raise ConnectionDropped(f"@{unique_id}: TikTok closed the connection with code {code}")
+            _LOGGER.info("@%s: TikTok closed the LIVE connection", unique_id)
+        finally:
+            await _shutdown(client, task, unique_id)
+
+    def _new_client(self, lib: SimpleNamespace, unique_id: str, sockets: list[Any]) -> Any:
+        cfg = self._config
+        # TikTokLive 7.0.1 has no per-client setting for these two: its routes read the module-wide
+        # WebDefaults at call time (web/routes/fetch_room_id_live_html.py, fetch_room_id_api.py,
+        # fetch_is_live.py). Every adapter in the process is built from the one [tiktok] config, so
+        # setting them here, right before each client is made, is consistent.
+        lib.WebDefaults.tiktok_app_url = cfg.app_url.rstrip("/")
+        lib.WebDefaults.tiktok_webcast_url = cfg.webcast_url.rstrip("/")
+        signer: dict[str, str] = {"sign_api_base": cfg.sign_api_url.rstrip("/")}
+        if cfg.sign_api_key:
+            signer["sign_api_key"] = cfg.sign_api_key
+        proxy = lib.httpx.Proxy(cfg.proxy) if cfg.proxy else None
+
+        def create_protocol(*args: Any, **kwargs: Any) -> Any:
+            protocol = lib.WebSocketClientProtocol(*args, **kwargs)
+            sockets.append(protocol)
+            return protocol
+
+        client = lib.TikTokLiveClient(
+            unique_id=unique_id, web_proxy=proxy, ws_proxy=proxy, web_kwargs={"signer_kwargs": signer},
+            # ws_kwargs go to websockets' connect(); create_protocol lets us see how the socket closed.
+            ws_kwargs={"create_protocol": create_protocol},
+        )
+        _route_library_logger()
+        return client
+
+    async def _consume(
+        self,
+        lib: SimpleNamespace,
+        queue: asyncio.Queue[Any],
+        unique_id: str,
+        on_event: Callable[[LiveEvent], None],
+        on_connected: Callable[[], None],
+    ) -> bool:
+        """Delivers queued events until the task ends (False) or TikTok says the LIVE ended (True)."""
+        while True:
+            item = await queue.get()
+            if item is _STOP:
+                return False
+            if isinstance(item, lib.LiveEndEvent):
+                return True
+            if isinstance(item, lib.ConnectEvent):
+                _LOGGER.info("@%s: connected to room %s", unique_id, item.room_id)
+                on_connected()
+                continue
+            try:
+                event = lib.converters[type(item)](item)
+            except Exception:
+                # A payload that does not look as expected costs one event, not the connection.
+                _LOGGER.warning("@%s: skipped an unreadable %s", unique_id, type(item).__name__,
+                                exc_info=True)
+                continue
+            on_event(event)
+
+
+def _unclean_close(protocol: Any) -> int | None:
+    """The close code if the push socket did not end cleanly, else None.
+
+    Needed because TikTokLive (client/ws/ws_client.py, WebcastWSClient.connect: `if not self.connected:
+    break` after each yield) ends its task normally when a close frame arrives while it is handling a
+    message, so a 1011 drop can look like a clean end.
+    """
+    received = protocol.close_rcvd
+    if received is not None:
+        return None if received.code in _CLEAN_CLOSE_CODES else received.code
+    if protocol.close_sent is None and protocol.closed:
+        return 1006  # no close frame either way: the TCP connection was lost
+    return None  # we (or the library, at LIVE end) closed it
+
+
+def _route_library_logger() -> None:
+    """Hands the library's log records to our logging config.
+
+    Its "TikTokLive" logger has its own stderr handler, propagate=False, and every client construction
+    resets its level to ERROR (client/client.py TikTokLiveClient.__init__), hence once per client.
+    """
+    library_logger = logging.getLogger(_LIBRARY_LOGGER)
+    for handler in list(library_logger.handlers):
+        library_logger.removeHandler(handler)
+    library_logger.propagate = True
+    library_logger.setLevel(logging.WARNING)
+
+
+async def _shutdown(client: Any, task: asyncio.Task[None] | None, unique_id: str) -> None:
+    """Closes the WebSocket (close handshake included) and both HTTP clients; never raises."""
+    try:
+        if task is not None and not task.done() and not client.connected:
+            # Still in the WebSocket handshake: nothing to close politely, and disconnect() would wait
+            # for the handshake. Awaiting a cancelled task raises CancelledError, so skip disconnect().
+            task.cancel()
+            await asyncio.wait([task])
+        if task is None or not task.cancelled():
+            await client.disconnect()
+    except Exception:
+        _LOGGER.warning("@%s: disconnecting the TikTok client failed", unique_id, exc_info=True)
+    # web.close() leaves the sign server's own httpx client (TikTokSigner) open: close it as well.
+    for close in (lambda: client.web.close(), lambda: client.web.signer.client.aclose()):
+        try:
+            await close()
+        except Exception:
+            _LOGGER.warning("@%s: closing a TikTok HTTP client failed", unique_id, exc_info=True)
+
+
+def _map_error(lib: SimpleNamespace, exc: BaseException, unique_id: str) -> LiveError:
+    """The project's error for a library failure; anything unexpected counts as a dropped connection."""
+    errors = lib.errors
+    if isinstance(exc, LiveError):
+        return exc
+    if isinstance(exc, errors.UserOfflineError):
+        return UserOffline(f"@{unique_id} is not LIVE now")
+    if isinstance(exc, errors.UserNotFoundError):
+        return UserNotFound(f"@{unique_id} does not exist or cannot go LIVE")
+    if isinstance(exc, (errors.WebcastBlockedError, errors.AgeRestrictedError)):
+        return Blocked(f"@{unique_id}: TikTok refused the connection: {exc}")
+    if isinstance(exc, errors.SignatureRateLimitError):
+        retry_after = _retry_after(exc)
+        return SignRateLimited(retry_after, f"sign server rate limit, retry in {retry_after:g} s")
+    if isinstance(exc, errors.SignAPIError):
+        return ConnectionDropped(f"@{unique_id}: sign server failed ({exc.reason.name}): {exc}")
+    _LOGGER.debug("@%s: library failure", unique_id, exc_info=exc)
+    return ConnectionDropped(f"@{unique_id}: {type(exc).__name__}: {exc}")
+
+
+def _retry_after(exc: Any) -> float:
+    """Seconds the sign server asked us to wait.
+
+    The library reads them from RateLimit-Remaining (client/errors.py calculate_retry_after); when that
+    is not a positive number, fall back to Retry-After, then RateLimit-Reset (seconds or a timestamp).
+    """
+    try:
+        seconds = float(exc.retry_after)
+    except (TypeError, ValueError, AssertionError):
+        seconds = 0.0
+    headers = exc.response.headers if exc.response is not None else {}
+    for name in ("Retry-After", "RateLimit-Reset"):
+        if seconds > 0:
+            break
+        try:
+            value = float(headers.get(name, ""))
+        except ValueError:
+            continue
+        seconds = value - time.time() if value > _UNIX_TIME_FLOOR else value
+    return seconds if seconds > 0 else _DEFAULT_RETRY_AFTER
+
+
+# Conversions: each reads one library event; the consumer logs and skips any that raises.
+
+def _base(event: Any, type_: str, **fields: Any) -> LiveEvent:
+    """A LiveEvent with who sent it (if anyone) and TikTok's message id, plus the type's own fields."""
+    common = getattr(event, "common", None)
+    msg_id = common.msg_id if common is not None else 0
+    user = getattr(event, "user", None)
+    if user is not None:
+        handle = user.display_id or ""
+        fields.update(user=user.nickname or handle, username=handle, user_id=str(user.id) if user.id else "")
+    return LiveEvent(type=type_, msg_id=str(msg_id) if msg_id else "", **fields)
+
+
+def _gift(event: Any) -> LiveEvent:
+    gift = event.gift
+    live_event = _base(
+        event, "gift",
+        count=event.repeat_count or 1,  # a gift is at least one, whatever the field says
+        repeat_end=bool(event.repeat_end),
+        gift_id=gift.id if gift is not None and gift.id else event.gift_id,
+    )
+    if gift is not None:
+        live_event.gift_name, live_event.diamond_count = gift.name, gift.diamond_count
+        live_event.streakable = gift.type == 1  # ExtendedGift.streakable; parses may give a plain Gift
+    return live_event
+
+
+def _conversions(events: Any) -> dict[type, Callable[[Any], LiveEvent]]:
+    """Library event class -> conversion, for the classes the adapter listens to."""
+    return {
+        events.CommentEvent: lambda e: _base(e, "chat", message=e.content),
+        events.GiftEvent: _gift,
+        events.LikeEvent: lambda e: _base(e, "like", count=e.count, total=e.total),
+        events.JoinEvent: lambda e: _base(e, "viewer_join"),
+        events.FollowEvent: lambda e: _base(e, "follow"),  # not SocialEvent: the library emits both
+        events.ShareEvent: lambda e: _base(e, "share"),
+        events.SubNotifyEvent: lambda e: _base(e, "subscribe", sub_month=e.sub_month),
+        # RoomUserSeqMessage: `total` is the current viewer count, `total_user` everyone seen this LIVE.
+        events.RoomUserSeqEvent: lambda e: _base(e, "viewer", current=e.total, total=e.total_user),
+    }

@@ -1,0 +1,135 @@
+"""Sound files on disk: <root>/sounds/<user id>/<name>, written atomically, looked up without escaping."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import tempfile
+from contextlib import suppress
+from pathlib import Path
+from typing import Final
+
+from .names import is_sound_name
+
+_LOGGER = logging.getLogger(__name__)
+
+# Temp files start with a dot, so is_sound_name() never matches them: never listed, counted or served.
+TEMP_PREFIX: Final = ".upload-"
+TEMP_SUFFIX: Final = ".tmp"
+FILE_MODE: Final = 0o644  # sounds are public by URL; a reverse proxy serving them directly must read them
+
+
+class MediaStore:
+    """The media folder. Lookups are synchronous (a few stat calls); writes and scans run in a thread."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.sounds = self.root / "sounds"
+
+    def user_dir(self, user_id: int) -> Path:
+        if not _is_user_id(user_id):
+            raise ValueError(f"invalid user id {user_id!r}")
+        return self.sounds / str(user_id)
+
+    def path_for(self, user_id: int, filename: str) -> Path | None:
+        """The file of an existing sound, or None for anything that is not a plain file with a sanitized name."""
+        # The name check refuses "/", "\\", "..", hidden and temp files before the disk is touched.
+        if not _is_user_id(user_id) or not is_sound_name(filename):
+            return None
+        candidate = self.sounds / str(user_id) / filename
+        try:
+            if candidate.is_symlink():
+                return None
+            real = candidate.resolve(strict=True)
+            # Resolving also follows a symlinked user folder: the file must really be where its name says.
+            expected = self.sounds.resolve(strict=True) / str(user_id) / filename
+        except (OSError, RuntimeError):  # missing, or a symlink loop
+            return None
+        if real != expected or not real.is_file():
+            return None
+        return real
+
+    async def save(self, user_id: int, filename: str, data: bytes) -> None:
+        """Writes the sound atomically (replacing one of the same name); on failure nothing is left behind."""
+        if not is_sound_name(filename):
+            raise ValueError(f"not a sanitized sound name: {filename!r}")
+        await asyncio.to_thread(_write_atomic, self.user_dir(user_id), filename, data)
+
+    async def delete(self, user_id: int, filename: str) -> bool:
+        """Removes the sound; False when there is no such sound."""
+        return await asyncio.to_thread(self._delete, user_id, filename)
+
+    def _delete(self, user_id: int, filename: str) -> bool:
+        path = self.path_for(user_id, filename)
+        if path is None:
+            return False
+        try:
+            path.unlink()
+        except FileNotFoundError:  # a concurrent delete won
+            return False
+        return True
+
+    async def usage(self, user_id: int) -> int:
+        """Number of sound files the user has on disk."""
+        return await asyncio.to_thread(self._count, self.user_dir(user_id))
+
+    @staticmethod
+    def _count(folder: Path) -> int:
+        try:
+            with os.scandir(folder) as entries:
+                return sum(1 for e in entries if is_sound_name(e.name) and e.is_file(follow_symlinks=False))
+        except FileNotFoundError:
+            return 0
+
+    async def cleanup_temp(self) -> int:
+        """Removes temp files a crash left mid-upload; call at startup, before uploads are served."""
+        count = await asyncio.to_thread(self._cleanup_temp)
+        if count:
+            _LOGGER.warning("removed %d unfinished upload(s) from %s", count, self.sounds)
+        return count
+
+    def _cleanup_temp(self) -> int:
+        count = 0
+        for path in self.sounds.glob(f"*/{TEMP_PREFIX}*{TEMP_SUFFIX}"):
+            with suppress(FileNotFoundError):
+                path.unlink()
+                count += 1
+        return count
+
+
+def _is_user_id(user_id: object) -> bool:
+    return isinstance(user_id, int) and not isinstance(user_id, bool) and user_id >= 0
+
+
+def _write_atomic(folder: Path, filename: str, data: bytes) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    # Same folder as the target, so os.replace is a rename within one file system: readers see the old file
+    # or the new one, never half of one.
+    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=folder)
+    try:
+        with open(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fchmod(out.fileno(), FILE_MODE)
+            os.fsync(out.fileno())  # data on disk before the rename makes it visible
+        os.replace(tmp, folder / filename)
+    except BaseException:
+        with suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Makes the rename itself survive a power cut (best effort: some file systems refuse it)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

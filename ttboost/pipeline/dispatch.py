@@ -1,0 +1,65 @@
+"""The one path every event takes (LIVE, simulate, demo): action hook, then the user's bus."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Protocol
+
+from ..messages import text
+from .bus import EventBus
+from .events import LiveEvent
+
+_LOGGER = logging.getLogger(__name__)
+
+
+class ActionHook(Protocol):
+    """Decides a sound/speech for an event from in-memory state; never awaits (see pipeline/actions.py)."""
+
+    async def prepare(self, user_id: int) -> None: ...
+
+    def apply(self, user_id: int, event: LiveEvent) -> None: ...
+
+    def stream_started(self, user_id: int) -> None: ...
+
+
+class Dispatcher:
+    def __init__(self, bus: EventBus, actions: ActionHook | None) -> None:
+        self.bus = bus
+        self._actions = actions
+
+    async def prepare(self, user_id: int) -> None:
+        """Loads what dispatch() needs in memory; call once before a user's first event."""
+        await self.bus.channel(user_id)
+        if self._actions is not None:
+            await self._actions.prepare(user_id)
+
+    def dispatch(self, user_id: int, event: LiveEvent) -> int:
+        """Synchronous: the event reaches the app's queue before this returns; speech only has a URL yet."""
+        if self._actions is not None and event.type != "viewer":
+            try:
+                self._actions.apply(user_id, event)
+            except Exception:  # an action bug costs the audio, never the event
+                _LOGGER.exception("actions failed for user %s on %s", user_id, event.type)
+        return self.bus.publish(user_id, event.type, event.to_payload())
+
+    def stream_started(self, user_id: int) -> None:
+        if self._actions is not None:
+            self._actions.stream_started(user_id)
+
+    def status(self, user_id: int, state: str, *, tiktok_username: str, retry_in: float | None = None) -> int:
+        channel = self.bus.get(user_id)
+        language = channel.language if channel else "ru"
+        payload: dict[str, Any] = {
+            "state": state,
+            "connected": state == "connected",
+            "tiktok_username": tiktok_username,
+            "message": text(state, language, user=tiktok_username),
+        }
+        if retry_in is not None:
+            payload["retry_in"] = round(retry_in, 1)
+        return self.bus.publish(user_id, "status", payload)
+
+    def error(self, user_id: int, code: str, **values: object) -> int:
+        channel = self.bus.get(user_id)
+        language = channel.language if channel else "ru"
+        return self.bus.publish(user_id, "error", {"code": code, "message": text(code, language, **values)})

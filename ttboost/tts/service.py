@@ -1,0 +1,382 @@
+"""Content-addressed speech: a URL at once, synthesis queued (chat shed first), files atomic and the cache bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import functools
+import hashlib
+import hmac
+import logging
+import math
+import os
+import re
+import tempfile
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import AsyncIterator, Callable, Final, TypeVar
+
+from .engine import TTSEngine, TTSError, clamp_rate
+
+_LOGGER = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+KEY_CHARS: Final = 32  # hex characters of the HMAC kept: 128 bits, unguessable, short in a URL
+JOB_TIMEOUT: Final = 60.0  # seconds for one synthesis, a slow drip from the service included
+SHED_LOG_INTERVAL: Final = 10.0  # seconds between "shed" log lines during a flood
+_TMP_PREFIX: Final = ".tmp-"  # temp files start with this; start() removes any a crash left behind
+_KEY_RE: Final = re.compile(r"[0-9a-f]{32}")
+_FILE_RE: Final = re.compile(r"([0-9a-f]{32})\.mp3")
+
+
+class _State(enum.Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"  # failed, shed, or dropped at close: its URL answers 404
+
+
+class _Job:
+    """One phrase being synthesized; readers follow its chunks while it runs."""
+
+    __slots__ = ("key", "text", "voice", "rate", "state", "error", "chunks", "size", "finished", "_changed")
+
+    def __init__(self, key: str, text: str, voice: str, rate: int) -> None:
+        self.key, self.text, self.voice, self.rate = key, text, voice, rate
+        self.state = _State.PENDING
+        self.error = ""
+        self.chunks: list[bytes] = []
+        self.size = 0  # bytes
+        self.finished = asyncio.Event()
+        self._changed = asyncio.Event()  # replaced on every change, so each waiter sees exactly the next one
+
+    def add(self, chunk: bytes) -> None:
+        self.chunks.append(chunk)
+        self.size += len(chunk)
+        self._notify()
+
+    def finish(self, state: _State, error: str = "") -> None:
+        self.state, self.error = state, error
+        self.finished.set()
+        self._notify()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def follow(self) -> AsyncIterator[bytes]:
+        """Everything produced so far, then the rest as it comes; TTSError if the job fails on the way."""
+        sent = 0
+        while True:
+            if sent < len(self.chunks):
+                data = b"".join(self.chunks[sent:])  # a late reader catches up in one write
+                sent = len(self.chunks)
+                yield data
+            elif self.state is _State.DONE:
+                return
+            elif self.state is _State.FAILED:
+                raise TTSError(self.error or "synthesis failed")
+            else:
+                await self._changed.wait()
+
+
+@dataclass(slots=True)
+class _Entry:
+    size: int  # bytes
+    handed_out: float  # clock() of the last hand-out; -inf for files found on disk at start
+
+
+class SpeechService:
+    """Owns the engine's workers and the cache directory; found as request.app[keys.SPEECH].
+
+    The cache may exceed max_bytes for a while: a file handed out in the last keep_seconds is never evicted,
+    because the app may be about to play it (spec §5: kept at least 10 minutes).
+    """
+
+    def __init__(self, engine: TTSEngine, cache_dir: Path, secret: bytes, *, max_bytes: int, max_concurrency: int,
+                 max_pending: int, keep_seconds: float = 600, clock: Callable[[], float] = time.monotonic,
+                 job_timeout: float = JOB_TIMEOUT) -> None:
+        self.engine = engine
+        self._dir = Path(cache_dir)
+        self._secret = bytes(secret)
+        self._max_bytes = max_bytes
+        self._concurrency = max(1, max_concurrency)
+        self._max_pending = max(0, max_pending)
+        self._keep_seconds = keep_seconds
+        self._clock = clock
+        self._job_timeout = job_timeout
+        self._files: OrderedDict[str, _Entry] = OrderedDict()  # least recently handed out first
+        self._total = 0  # bytes in self._files
+        self._jobs: dict[str, _Job] = {}  # pending or running
+        self._pending_keep: OrderedDict[str, _Job] = OrderedDict()  # never shed; served first
+        self._pending_shed: OrderedDict[str, _Job] = OrderedDict()  # chat: oldest shed when too many wait
+        self._work = asyncio.Event()
+        self._idle = 0  # workers waiting for a job
+        self._workers: list[asyncio.Task[None]] = []
+        self._fs_lock = asyncio.Lock()  # orders writes and evictions of the same key
+        self._closed = False
+        self._shed_unlogged = 0
+        self._shed_logged_at = -math.inf
+
+    async def start(self) -> None:
+        if self._workers or self._closed:
+            return
+        found, stale = await asyncio.to_thread(_scan, self._dir)
+        for key, size in found:
+            self._files[key] = _Entry(size, -math.inf)
+            self._total += size
+        _LOGGER.info("tts cache %s: %d files, %d bytes (removed %d leftover temp files)",
+                     self._dir, len(found), self._total, stale)
+        self._workers = [asyncio.create_task(self._worker(), name=f"tts-worker-{i}")
+                         for i in range(self._concurrency)]
+        await self._evict()
+
+    async def close(self) -> None:
+        self._closed = True
+        for task in self._workers:
+            task.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        self._workers.clear()
+        for job in list(self._jobs.values()):
+            job.finish(_State.FAILED, "speech service closed")
+        self._jobs.clear()
+        self._pending_keep.clear()
+        self._pending_shed.clear()
+        self._log_shed(force=True)
+
+    def key_for(self, text: str, voice: str, rate: int) -> str:
+        message = f"{self.engine.name}|{voice}|{clamp_rate(rate)}|{text}".encode("utf-8")
+        return hmac.new(self._secret, message, hashlib.sha256).hexdigest()[:KEY_CHARS]
+
+    @staticmethod
+    def url_path(key: str) -> str:
+        return f"/static/tts/{key}.mp3"
+
+    def request(self, text: str, voice: str, rate: int, *, sheddable: bool) -> str | None:
+        """The key for already-cleaned text, at once; synthesis is queued unless cached or in flight.
+
+        Never waits. Sheddable (chat) phrases are dropped oldest first when more than max_pending wait.
+        """
+        if not text or self._closed:
+            return None
+        key = self.key_for(text, voice, rate)
+        if key in self._files:
+            self._touch(key)
+        elif (job := self._jobs.get(key)) is not None:
+            if not sheddable:
+                self._keep(job)
+        else:
+            self._enqueue(_Job(key, text, voice, clamp_rate(rate)), sheddable)
+        return key
+
+    async def generate(self, text: str, voice: str, rate: int) -> tuple[str, bool]:
+        """(key, cached) once the audio exists; joins a job already in flight; TTSError on failure."""
+        if not text:
+            raise TTSError("nothing to speak")
+        if self._closed or not self._workers:
+            raise TTSError("speech service is not running")
+        key = self.key_for(text, voice, rate)
+        if key in self._files:
+            self._touch(key)
+            return key, True
+        job = self._jobs.get(key)
+        if job is None:
+            job = _Job(key, text, voice, clamp_rate(rate))
+            self._enqueue(job, sheddable=False)
+        else:
+            self._keep(job)
+        await job.finished.wait()  # bounded: job_timeout once running, and close() fails every job
+        if job.state is not _State.DONE:
+            raise TTSError(job.error or "synthesis failed")
+        return key, False
+
+    def open(self, key: str) -> Path | AsyncIterator[bytes] | None:
+        """The cached file, or a live follower of the running synthesis, or None (unknown, failed or shed)."""
+        if not _KEY_RE.fullmatch(key):  # before anything touches a path built from it
+            return None
+        if key in self._files:
+            self._touch(key)
+            return self._dir / f"{key}.mp3"
+        job = self._jobs.get(key)
+        return job.follow() if job is not None else None
+
+    # -- queue -----------------------------------------------------------------------------------------------
+
+    def _enqueue(self, job: _Job, sheddable: bool) -> None:
+        self._jobs[job.key] = job
+        (self._pending_shed if sheddable else self._pending_keep)[job.key] = job
+        # Idle workers take jobs as soon as the loop runs: those are not really waiting.
+        allowance = self._max_pending + max(0, self._idle - len(self._pending_keep))
+        while len(self._pending_shed) > allowance:
+            _, oldest = self._pending_shed.popitem(last=False)
+            del self._jobs[oldest.key]
+            oldest.finish(_State.FAILED, "shed: too many phrases waiting")
+            self._shed_unlogged += 1
+        self._log_shed()
+        self._work.set()
+
+    def _keep(self, job: _Job) -> None:
+        """Someone needs this phrase for sure (POST generate, a trigger): it can no longer be shed."""
+        if self._pending_shed.pop(job.key, None) is not None:
+            self._pending_keep[job.key] = job
+
+    def _log_shed(self, *, force: bool = False) -> None:
+        if not self._shed_unlogged:
+            return
+        now = self._clock()
+        if force or now - self._shed_logged_at >= SHED_LOG_INTERVAL:
+            _LOGGER.info("tts queue full: shed %d chat phrase(s), oldest first (%d waiting, max %d, %d running)",
+                         self._shed_unlogged, len(self._pending_shed) + len(self._pending_keep),
+                         self._max_pending, len(self._jobs) - len(self._pending_shed) - len(self._pending_keep))
+            self._shed_unlogged = 0
+            self._shed_logged_at = now
+
+    async def _next_job(self) -> _Job:
+        while True:
+            for pending in (self._pending_keep, self._pending_shed):
+                if pending:
+                    return pending.popitem(last=False)[1]
+            self._work.clear()
+            self._idle += 1
+            try:
+                await self._work.wait()
+            finally:
+                self._idle -= 1
+
+    async def _worker(self) -> None:
+        while True:
+            job = await self._next_job()
+            await self._run(job)
+            await self._evict()
+
+    async def _run(self, job: _Job) -> None:
+        job.state = _State.RUNNING
+        context = (job.key, self.engine.name, job.voice, job.rate, len(job.text))
+        try:
+            async with asyncio.timeout(self._job_timeout):
+                chunks = self.engine.stream(job.text, job.voice, job.rate)
+                try:
+                    async for chunk in chunks:
+                        if chunk:
+                            job.add(bytes(chunk))
+                finally:
+                    aclose = getattr(chunks, "aclose", None)
+                    if aclose is not None:  # an abandoned engine stream must close its connection now
+                        await aclose()
+            if not job.size:
+                raise TTSError("engine returned no audio")
+            await self._store(job)
+        except asyncio.CancelledError:
+            self._fail(job, "cancelled")
+            raise
+        except TimeoutError:
+            self._fail(job, f"timed out after {self._job_timeout:.0f}s")
+            _LOGGER.warning("tts synthesis timed out (key=%s engine=%s voice=%s rate=%+d chars=%d)", *context)
+        except TTSError as exc:
+            self._fail(job, str(exc))
+            _LOGGER.warning("tts synthesis failed (key=%s engine=%s voice=%s rate=%+d chars=%d): %s", *context, exc)
+        except Exception as exc:  # a bug in an engine must not stop the workers
+            self._fail(job, f"{type(exc).__name__}: {exc}")
+            _LOGGER.exception("tts synthesis crashed (key=%s engine=%s voice=%s rate=%+d chars=%d)", *context)
+
+    def _fail(self, job: _Job, error: str) -> None:
+        if self._jobs.get(job.key) is job:
+            del self._jobs[job.key]
+        job.finish(_State.FAILED, error)
+
+    # -- cache -----------------------------------------------------------------------------------------------
+
+    async def _store(self, job: _Job) -> None:
+        data = b"".join(job.chunks)
+        async with self._fs_lock:
+            await _run_to_end(_write_atomic, self._dir, job.key, data)
+            # One step with the write's end: open() sees either the job or the file, never neither.
+            old = self._files.pop(job.key, None)
+            self._total += len(data) - (old.size if old else 0)
+            self._files[job.key] = _Entry(len(data), self._clock())
+            if self._jobs.get(job.key) is job:
+                del self._jobs[job.key]
+            job.finish(_State.DONE)
+        _LOGGER.debug("tts stored %s (%d bytes)", job.key, len(data))
+
+    def _touch(self, key: str) -> None:
+        self._files[key].handed_out = self._clock()
+        self._files.move_to_end(key)
+
+    async def _evict(self) -> None:
+        async with self._fs_lock:
+            cutoff = self._clock() - self._keep_seconds
+            victims: list[Path] = []
+            while self._total > self._max_bytes and self._files:
+                key, entry = next(iter(self._files.items()))
+                if entry.handed_out > cutoff:  # every later entry was handed out even more recently
+                    break
+                del self._files[key]
+                self._total -= entry.size
+                victims.append(self._dir / f"{key}.mp3")
+            if not victims:
+                return
+            try:
+                await _run_to_end(_unlink_all, victims)
+            except Exception:  # the files are out of the index already; a leftover is only disk space
+                _LOGGER.exception("tts cache: eviction failed in %s", self._dir)
+        _LOGGER.info("tts cache: evicted %d file(s); %d bytes kept (bound %d)", len(victims), self._total,
+                     self._max_bytes)
+
+
+async def _run_to_end(func: Callable[..., _T], *args: object) -> _T:
+    """func in a worker thread, awaited to its end even if we are cancelled meanwhile.
+
+    A thread cannot be stopped; returning early would let close() finish while a temp file is still open.
+    """
+    future = asyncio.get_running_loop().run_in_executor(None, functools.partial(func, *args))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        await asyncio.wait([future])
+        raise
+
+
+def _scan(directory: Path) -> tuple[list[tuple[str, int]], int]:
+    """Blocking. Cache files by mtime (oldest first), after removing temp and empty files a crash left."""
+    directory.mkdir(parents=True, exist_ok=True)
+    found: list[tuple[float, str, int]] = []
+    removed = 0
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            match = _FILE_RE.fullmatch(entry.name)
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            stat = entry.stat(follow_symlinks=False)
+            if entry.name.startswith(_TMP_PREFIX) or (match and stat.st_size == 0):
+                Path(entry.path).unlink(missing_ok=True)
+                removed += 1
+            elif match:
+                found.append((stat.st_mtime, match[1], stat.st_size))
+    found.sort()
+    return [(key, size) for _, key, size in found], removed
+
+
+def _write_atomic(directory: Path, key: str, data: bytes) -> None:
+    """Blocking. Temp file, fsync, rename: the final name only ever holds complete audio."""
+    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=".mp3", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, directory / f"{key}.mp3")
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _unlink_all(paths: list[Path]) -> None:
+    """Blocking."""
+    for path in paths:
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            _LOGGER.warning("tts cache: cannot remove %s: %s", path, exc)

@@ -1,0 +1,283 @@
+"""The app's WebSocket (spec §6): one per user, a writer task draining a bounded queue, the client protocol."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any, Final
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from . import keys
+from .api.common import bearer_token, user_for_token
+from .errors import validation_error
+from .accounts import normalize_username
+from .licenses import plan_for_user
+from .messages import pick_language, text
+from .pipeline.bus import encode, frame_ts
+from .pipeline.demo import run_demo
+from .users import User
+
+_LOGGER = logging.getLogger(__name__)
+
+CLOSE_REPLACED: Final = 4001  # a newer connection of the same user took over
+CLOSE_LICENSE: Final = 4003  # no active license: no LIVE events
+CLOSE_TIMEOUT: Final = 5.0  # seconds to wait for the client's close reply
+MAX_CLIENT_MESSAGE: Final = 64 * 1024  # bytes; client messages are tiny JSON commands
+
+routes = web.RouteTableDef()
+
+
+class Connection:
+    """One app socket. deliver() never blocks: a full queue means the client is too slow and is closed."""
+
+    def __init__(self, ws: web.WebSocketResponse, user: User, queue_size: int, language: str) -> None:
+        self.ws = ws
+        self.user = user
+        self.language = language
+        # +1: room for the close marker of a graceful close even when the frames filled the queue
+        self._queue: asyncio.Queue[str | tuple[int, str]] = asyncio.Queue(maxsize=queue_size + 1)
+        self._queue_size = queue_size
+        self._writer = asyncio.create_task(self._write(), name=f"ws-writer-{user.id}")
+        self._closer: asyncio.Task[None] | None = None
+        self._closing_after_flush = False
+        self.demo: asyncio.Task[None] | None = None
+
+    def deliver(self, frame: str) -> None:
+        if self._closer is not None or self._closing_after_flush:
+            return
+        if self._queue.qsize() >= self._queue_size:
+            _LOGGER.warning("ws user=%s: send queue full, closing a too slow client", self.user.id)
+            self.close(WSCloseCode.POLICY_VIOLATION, "too slow")
+            return
+        self._queue.put_nowait(frame)
+
+    def send_local(self, type_: str, **fields: Any) -> None:
+        """A reply to this client only (pong, bad_request): no seq, never replayed."""
+        self.deliver(encode({"type": type_, "ts": frame_ts(time.time()), **fields}))
+
+    def close_after_flush(self, code: int, reason: str) -> None:
+        """Closes once the frames already queued are sent (e.g. the license_expired error before 4003)."""
+        if self._closer is None and not self._closing_after_flush:
+            self._closing_after_flush = True
+            self._queue.put_nowait((code, reason))
+
+    def close(self, code: int, reason: str) -> None:
+        """Closes now; frames still queued are dropped."""
+        if self._closer is None:
+            self._writer.cancel()  # nothing more is sent; a slow client's pending frames are dropped
+            self._closer = asyncio.create_task(self._close(code, reason), name=f"ws-close-{self.user.id}")
+
+    async def _close(self, code: int, reason: str) -> None:
+        # drain=False: a client that stopped reading must not hold the close up.
+        await self.ws.close(code=code, message=reason.encode(), drain=False)
+
+    async def _write(self) -> None:
+        try:
+            while True:
+                item = await self._queue.get()
+                if isinstance(item, tuple):
+                    self._closer = asyncio.create_task(self._close(*item), name=f"ws-close-{self.user.id}")
+                    return
+                await self.ws.send_str(item)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the peer went away mid-send
+            _LOGGER.debug("ws user=%s: send failed: %s", self.user.id, exc)
+            self.close(WSCloseCode.GOING_AWAY, "send failed")
+
+    async def release(self) -> None:
+        """Cancels and awaits everything this connection started."""
+        tasks = [t for t in (self._writer, self.demo) if t is not None]
+        for task in tasks:
+            task.cancel()
+        if self._closer is not None:
+            tasks.append(self._closer)
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class SocketRegistry:
+    """Open sockets by user; a new socket replaces the old (4001) and never waits for it."""
+
+    def __init__(self) -> None:
+        self._by_user: dict[int, Connection] = {}
+        self._all: set[Connection] = set()
+
+    def __len__(self) -> int:
+        return len(self._all)
+
+    def add(self, conn: Connection) -> None:
+        old = self._by_user.get(conn.user.id)
+        if old is not None:
+            old.close(CLOSE_REPLACED, "replaced")
+        self._by_user[conn.user.id] = conn
+        self._all.add(conn)
+
+    def remove(self, conn: Connection) -> None:
+        self._all.discard(conn)
+        if self._by_user.get(conn.user.id) is conn:
+            del self._by_user[conn.user.id]
+
+    def current(self, user_id: int) -> Connection | None:
+        return self._by_user.get(user_id)
+
+    async def close_all(self) -> None:
+        for conn in list(self._all):
+            conn.close(WSCloseCode.GOING_AWAY, "server shutdown")
+        await asyncio.gather(*(conn.release() for conn in list(self._all)), return_exceptions=True)
+
+
+def _since(raw: Any) -> int | None:
+    if raw is None or raw == "":
+        return None
+    if isinstance(raw, bool):
+        raise ValueError("since")
+    value = int(raw)
+    if value < 0:
+        raise ValueError("since")
+    return value
+
+
+@routes.get("/v2/ws")
+async def ws_v2(request: web.Request) -> web.StreamResponse:
+    token = request.query.get("token") or bearer_token(request)
+    user = await user_for_token(request, token)  # refused with 401 before the upgrade
+    try:
+        since = _since(request.query.get("since"))
+    except ValueError:
+        raise validation_error({"since": ["must be a whole number ≥ 0"]}) from None
+    return await _serve(request, user, demo=request.query.get("demo") in ("1", "true"), since=since)
+
+
+@routes.get("/ws/{token}")
+async def ws_legacy(request: web.Request) -> web.StreamResponse:
+    user = await user_for_token(request, request.match_info["token"])
+    settings = await request.app[keys.SETTINGS].get(user.id)
+    return await _serve(request, user, demo=not settings.get("tiktok_username"), since=None)
+
+
+async def _serve(request: web.Request, user: User, *, demo: bool, since: int | None) -> web.WebSocketResponse:
+    app = request.app
+    config = app[keys.CONFIG]
+    dispatcher, bus, live, registry = app[keys.DISPATCHER], app[keys.BUS], app[keys.LIVE], app[keys.SOCKETS]
+    await dispatcher.prepare(user.id)
+    active = await license_active(app, user.id)
+    channel = bus.get(user.id)
+    assert channel is not None
+    # Frames published from here on belong to this socket, even those sent while the upgrade completes.
+    mark = channel.seq if since is None else since
+    ws = web.WebSocketResponse(heartbeat=config.limits.ws_heartbeat_seconds, timeout=CLOSE_TIMEOUT,
+                               max_msg_size=MAX_CLIENT_MESSAGE)
+    await ws.prepare(request)
+    language = pick_language(request.headers.get("Accept-Language"), config.server.language)
+    channel.language = language
+    conn = Connection(ws, user, config.limits.ws_send_queue, language)
+    registry.add(conn)
+    live.app_connected(user.id)
+    try:
+        if not active:
+            conn.send_local("error", code="license_expired", message=text("license_expired", language))
+            conn.close_after_flush(CLOSE_LICENSE, "license_expired")
+        else:
+            await _start_stream(app, conn, since=mark, demo=demo)
+        async for msg in ws:
+            if msg.type is WSMsgType.TEXT:
+                await _handle(app, conn, msg.data)
+            elif msg.type is WSMsgType.BINARY:
+                conn.send_local("error", code="bad_request", message=text("bad_request", language))
+    finally:
+        bus.detach(user.id, conn)
+        registry.remove(conn)
+        live.app_disconnected(user.id)
+        await conn.release()
+    return ws
+
+
+async def license_active(app: web.Application, user_id: int) -> bool:
+    return (await plan_for_user(app[keys.DB], user_id)).active
+
+
+async def _start_stream(app: web.Application, conn: Connection, *, since: int, demo: bool) -> None:
+    """Replays what the app missed, attaches it to the live stream, then starts the LIVE watch or the demo."""
+    user_id = conn.user.id
+    bus = app[keys.BUS]
+    _replay(app, conn, since)
+    bus.attach(user_id, conn)
+    if demo:
+        limits = app[keys.CONFIG].limits
+        conn.demo = asyncio.create_task(run_demo(app[keys.DISPATCHER], user_id, limits.demo_min_seconds,
+                                                 limits.demo_max_seconds), name=f"demo-{user_id}")
+        return
+    settings = await app[keys.SETTINGS].get(user_id)
+    session = app[keys.LIVE].session(user_id)
+    if session is None and settings.get("auto_connect") and settings.get("tiktok_username"):
+        await app[keys.LIVE].start(user_id, settings["tiktok_username"])
+    elif session is None and (bus.get(user_id).last_status is None):  # type: ignore[union-attr]
+        app[keys.DISPATCHER].status(user_id, "idle", tiktok_username=settings.get("tiktok_username") or "")
+
+
+def _replay(app: web.Application, conn: Connection, since: int) -> None:
+    bus = app[keys.BUS]
+    channel = bus.get(conn.user.id)
+    assert channel is not None
+    # The current state always reaches a new socket, once, with its original seq, before newer frames.
+    if channel.last_status is not None and channel.last_status[0] <= since:
+        conn.deliver(channel.last_status[1])
+    for frame in bus.replay(conn.user.id, since):
+        conn.deliver(frame)
+
+
+async def _handle(app: web.Application, conn: Connection, data: str) -> None:
+    language = conn.language
+    try:
+        message = json.loads(data)
+        action = message.get("action") if isinstance(message, dict) else None
+    except ValueError:
+        action = None
+    user_id = conn.user.id
+    if action == "ping":
+        conn.send_local("pong")
+    elif action == "resume":
+        try:
+            since = _since(message.get("since", 0))
+        except (TypeError, ValueError):
+            since = None
+        if since is None:
+            conn.send_local("error", code="bad_request", message=text("bad_request", language))
+        else:
+            for frame in app[keys.BUS].replay(user_id, since):
+                conn.deliver(frame)
+    elif action == "connect_tiktok":
+        await _connect_tiktok(app, conn, message.get("username"))
+    elif action == "disconnect_tiktok":
+        await app[keys.LIVE].stop(user_id)
+        channel = app[keys.BUS].get(user_id)
+        if channel is not None and (channel.last_status is None or '"state":"idle"' not in channel.last_status[1]):
+            settings = await app[keys.SETTINGS].get(user_id)
+            app[keys.DISPATCHER].status(user_id, "idle", tiktok_username=settings.get("tiktok_username") or "")
+    else:
+        conn.send_local("error", code="bad_request", message=text("bad_request", language))
+
+
+async def _connect_tiktok(app: web.Application, conn: Connection, raw_username: Any) -> None:
+    user_id, language = conn.user.id, conn.language
+    if raw_username is not None:
+        try:
+            username = normalize_username(raw_username) if isinstance(raw_username, str) else None
+        except ValueError:
+            username = None
+        if not username:
+            conn.send_local("error", code="bad_request", message=text("bad_request", language))
+            return
+    else:
+        username = (await app[keys.SETTINGS].get(user_id)).get("tiktok_username")
+        if not username:
+            conn.send_local("error", code="tiktok_username_missing",
+                            message=text("tiktok_username_missing", language))
+            return
+    if not await license_active(app, user_id):
+        conn.send_local("error", code="license_expired", message=text("license_expired", language))
+        return
+    await app[keys.LIVE].start(user_id, username)
