@@ -8,6 +8,7 @@ from typing import Any, Awaitable, Callable
 import pytest
 from aiohttp.test_utils import TestClient
 
+from tests.fake_tts import FakeEngine
 from ttboost.app import create_app
 from ttboost.config import Config, load_config
 
@@ -19,6 +20,7 @@ def make_config(data_dir: Path, **sections: dict[str, Any]) -> Config:
         storage={"data_dir": str(data_dir)},
         auth={"jwt_secret": JWT_SECRET, "bcrypt_rounds": 4},
         server={"public_url": "http://testserver"},
+        tts={"refresh_voices": False},  # the live voice list is on the internet
     )
     return base.replace(**sections) if sections else base
 
@@ -35,12 +37,14 @@ ClientFactory = Callable[..., Awaitable[TestClient]]
 def make_client(aiohttp_client: Any, tmp_path: Path) -> ClientFactory:
     """Builds the real app; keyword sections override config (e.g. limits={"auth_per_minute": 2})."""
 
-    async def factory(config: Config | None = None, *, live_source: Any = None,
+    async def factory(config: Config | None = None, *, live_source: Any = None, tts_engine: Any = None,
                       **sections: dict[str, Any]) -> TestClient:
         cfg = config or make_config(tmp_path / "data")
         if sections:
             cfg = cfg.replace(**sections)
-        return await aiohttp_client(create_app(cfg, live_source=live_source, reconnect_min_seconds=0.01))
+        app = create_app(cfg, live_source=live_source, tts_engine=tts_engine or FakeEngine(),
+                         reconnect_min_seconds=0.01)
+        return await aiohttp_client(app)
 
     return factory
 

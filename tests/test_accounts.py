@@ -276,10 +276,14 @@ async def test_legacy_login_errors(client) -> None:
 async def test_key_only_account_is_claimed_by_redeem(client) -> None:
     key = await issue_key(client)
     legacy = await (await client.post("/auth/login", json={"license_key": key})).json()
+    before = await (await client.get("/v2/auth/me", headers=bearer(legacy["ws_token"]))).json()
+    assert before["username"] is None and before["tiktok_username"] is None
     resp = await redeem(client, key, username="claimer", password="secret1")
     assert resp.status == 200
     body = await resp.json()
     assert body["user_id"] == legacy["user_id"] and body["username"] == "claimer"
+    after = await (await client.get("/v2/auth/me", headers=bearer(body["access_token"]))).json()
+    assert after["username"] == after["tiktok_username"] == after["settings"]["tiktok_username"] == "claimer"
     assert (await client.post("/v2/auth/login", json={"username": "claimer", "password": "secret1"})).status == 200
     # The key now belongs to a named account: someone else cannot claim it.
     await assert_error(await redeem(client, key, username="thief"), 409, "license already bound to another user")
@@ -296,5 +300,8 @@ async def test_key_only_account_merges_into_existing_account(client) -> None:
     assert body["user_id"] != legacy["user_id"]
     db = client.app[keys.DB]
     assert await db.fetchval("SELECT user_id FROM licenses WHERE key = ?", (key,)) == body["user_id"]
-    assert await db.fetchval("SELECT COUNT(*) FROM users WHERE id = ?", (legacy["user_id"],)) == 0
+    # The emptied key-only account's token is revoked (kept, not deleted, so its id is never handed out again).
+    await assert_error(await client.get("/v2/auth/me", headers=bearer(legacy["ws_token"])), 401, "invalid token")
+    newcomer = await (await client.post("/auth/login", json={"license_key": await issue_key(client)})).json()
+    assert newcomer["user_id"] != legacy["user_id"]
     await assert_error(await client.get("/v2/auth/me", headers=bearer(legacy["ws_token"])), 401, "invalid token")

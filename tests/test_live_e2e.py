@@ -9,11 +9,12 @@ from typing import Any, AsyncIterator
 import aiohttp
 import pytest
 
+from tests.conftest import make_config
 from tests.fake_tiktok import FakeTikTok
+from tests.fake_tts import FakeEngine
 from tests.test_ws import recv, recv_type, register
 from ttboost import keys
 from ttboost.app import create_app
-from tests.conftest import make_config
 
 BOB = ("Bob", "bob", 101)
 ANYA = ("Аня", "anya.live", 102)
@@ -31,7 +32,7 @@ def live_client(aiohttp_client, tmp_path, fake):
         config = make_config(tmp_path / "data")
         timing = {"live_check_seconds": 0.2, "combo_timeout_seconds": 0.3, **tiktok}
         config = dataclasses.replace(config, tiktok=fake.config(**timing))
-        return await aiohttp_client(create_app(config, reconnect_min_seconds=0.05))
+        return await aiohttp_client(create_app(config, tts_engine=FakeEngine(), reconnect_min_seconds=0.05))
 
     return factory
 

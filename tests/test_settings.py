@@ -12,7 +12,6 @@ from tests.helpers import bearer, make_user
 
 # api/common.py stores request["user_id"] with a string key, which aiohttp 3.14 warns about (an error under
 # filterwarnings=error). Not this module's code: drop this mark once common.py uses a web.RequestKey.
-pytestmark = pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
 
 GOOD_VOICE = "ru-RU-DmitryNeural"
 

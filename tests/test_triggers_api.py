@@ -17,7 +17,6 @@ from ttboost.timeutil import iso, utcnow
 
 # api/common.py stores request["user_id"] with a string key, which aiohttp 3.14 warns about (an error under
 # filterwarnings=error). Not this module's code: drop this mark once common.py uses a web.RequestKey.
-pytestmark = pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
 
 ROSE_TTS = {"event_type": "gift", "condition_key": "gift_name", "condition_value": "Rose", "action": "tts",
             "action_params": {"text_template": "{user} sent {count} {gift_name}"}}

@@ -6,12 +6,18 @@ import asyncio
 import math
 import struct
 
+from pathlib import Path
+
 import lameenc
 import pytest
+from aiohttp import web
 
 from tests.fake_edge import FakeEdge
+from ttboost import errors, keys
 from ttboost.tts.edge import EdgeEngine
 from ttboost.tts.engine import TTSEngine, TTSError
+from ttboost.tts.http import serve_speech
+from ttboost.tts.service import SpeechService
 
 WAIT = 5.0  # seconds: upper bound for anything a test waits on
 
@@ -123,3 +129,29 @@ def test_resolve_voice():
     assert engine.resolve_voice("espeak-ru") == "ru-RU-SvetlanaNeural"
     with pytest.raises(TTSError):
         engine.resolve_voice("espeak-xx")
+
+
+async def test_service_streams_edge_audio_while_it_arrives(edge, aiohttp_client, tmp_path):
+    fake, engine = edge
+    fake.mode = "slow"
+    speech = SpeechService(engine, tmp_path / "tts", b"secret", max_bytes=10**6, max_concurrency=1, max_pending=5)
+    await speech.start()
+    try:
+        app = web.Application(middlewares=[errors.error_middleware])
+        app[keys.SPEECH] = speech
+        app.router.add_get("/static/tts/{name}", serve_speech)
+        client = await aiohttp_client(app)
+        key = speech.request("Привет", "ru-RU-SvetlanaNeural", 0, sheddable=True)
+        async with asyncio.timeout(WAIT):
+            await fake.first_sent.wait()
+            async with client.get(speech.url_path(key)) as resp:
+                assert resp.status == 200
+                first = await resp.content.readany()
+                assert first and MP3.startswith(first) and len(first) < len(MP3)
+                fake.release.set()
+                assert first + await resp.read() == MP3
+            while not isinstance(speech.open(key), Path):
+                await asyncio.sleep(0.005)
+        assert (tmp_path / "tts" / f"{key}.mp3").read_bytes() == MP3
+    finally:
+        await speech.close()

@@ -6,7 +6,7 @@ import logging
 import re
 import time
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from . import licenses
 from .config import Config
@@ -46,6 +46,11 @@ def invalid_credentials() -> ApiError:
     return ApiError(401, "invalid credentials", "invalid_credentials")
 
 
+class Redeemed(NamedTuple):
+    user: User
+    claimed: bool  # a key-only account got its username now (cached settings of that user are stale)
+
+
 class _Changed(Exception):
     """The account changed after its password was checked outside the transaction: check again."""
 
@@ -59,15 +64,20 @@ async def _create_user(db: Database, username: str | None, password_hash: str | 
     return user
 
 
-async def _drop_if_orphan(db: Database, user_id: int) -> None:
-    """Deletes a key-only account that no longer holds any license (its key moved to a named account)."""
+async def _retire_if_empty(db: Database, user_id: int) -> None:
+    """A key-only account whose key moved to a named account: its tokens stop working.
+
+    The row is kept rather than deleted (its settings or sounds may still be wanted by the operator); bumping
+    the token version is what makes the legacy app's still-unexpired ws_token stop working.
+    """
     if await licenses.count_licenses(db, user_id) == 0:
-        await db.execute("DELETE FROM users WHERE id = ? AND username IS NULL", (user_id,))
-        _LOGGER.info("key-only account %d merged into a named account and removed", user_id)
+        await db.execute("UPDATE users SET token_version = token_version + 1 WHERE id = ? AND username IS NULL",
+                         (user_id,))
+        _LOGGER.info("key-only account %d merged into a named account; its tokens are revoked", user_id)
 
 
 async def redeem_license(db: Database, hasher: PasswordHasher, *, username: str, password: str,
-                         license_key: str, now: datetime | None = None) -> User:
+                         license_key: str, now: datetime | None = None) -> Redeemed:
     """First login (spec §4): check the key, create or verify the account, bind the key; one transaction.
 
     bcrypt runs before the transaction so the database lock is never held for it; if the account changed in
@@ -89,7 +99,7 @@ async def redeem_license(db: Database, hasher: PasswordHasher, *, username: str,
 
 
 async def _redeem_once(db: Database, username: str, license_key: str, seen: User | None, new_hash: str | None,
-                       password_ok: bool, now: datetime) -> User:
+                       password_ok: bool, now: datetime) -> Redeemed:
     async with db.transaction():
         lic = await licenses.lookup(db, license_key)
         licenses.check_usable(lic, now)
@@ -111,15 +121,15 @@ async def _redeem_once(db: Database, username: str, license_key: str, seen: User
                 _LOGGER.info("key-only account %d claimed", owner.id)
                 claimed = await get_user(db, owner.id)
                 assert claimed is not None
-                return claimed
+                return Redeemed(claimed, True)
             user = await _create_user(db, username, new_hash, now)
             _LOGGER.info("account %d created by license redeem", user.id)
         elif not password_ok:
             raise invalid_credentials()
         await licenses.bind(db, lic.key, user.id)
         if owner is not None and key_only_owner and owner.id != user.id:
-            await _drop_if_orphan(db, owner.id)
-        return user
+            await _retire_if_empty(db, owner.id)
+        return Redeemed(user, False)
 
 
 async def redeem_for_user(db: Database, user: User, license_key: str, now: datetime | None = None) -> None:
@@ -133,7 +143,7 @@ async def redeem_for_user(db: Database, user: User, license_key: str, now: datet
             raise licenses.license_taken()
         await licenses.bind(db, lic.key, user.id)
         if owner is not None and owner.id != user.id:  # a key-only account's key, now claimed by its owner
-            await _drop_if_orphan(db, owner.id)
+            await _retire_if_empty(db, owner.id)
 
 
 async def login(db: Database, hasher: PasswordHasher, username: str, password: str) -> User:

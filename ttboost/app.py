@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from typing import AsyncIterator, Callable
+from typing import AsyncIterator
 
 import aiohttp_cors
 from aiohttp import web
@@ -14,11 +15,14 @@ from .api import auth
 from .api import events, health
 from .api import licenses as licenses_api
 from .api import settings as settings_api
+from .api import sounds as sounds_api
 from .api import triggers as triggers_api
+from .api import tts as tts_api
 from .config import Config
 from .db import Database
 from .live.manager import LiveManager
 from .live.source import LiveSource
+from .media import MediaStore
 from .pipeline.actions import ActionEngine
 from .pipeline.bus import EventBus
 from .pipeline.dispatch import Dispatcher
@@ -28,7 +32,9 @@ from .ratelimit import ClientIP, RateLimiter
 from .security import PasswordHasher, TokenService, load_or_create_secret
 from .settings import SettingsStore
 from .triggers import TriggerStore
-from .tts.voices import EDGE_VOICE_RE, builtin_edge_voices
+from .tts.catalog import VoiceCatalog
+from .tts.engine import TTSEngine
+from .tts.service import SpeechService
 from .ws import SocketRegistry
 
 _LOGGER = logging.getLogger(__name__)
@@ -51,33 +57,62 @@ async def _database_ctx(app: web.Application) -> AsyncIterator[None]:
     db = Database(config.data_dir / "ttboost.db")
     await db.open()
     app[keys.DB] = db
-    secret = config.auth.jwt_secret or load_or_create_secret(config.data_dir / "jwt.secret")
+    secret = config.auth.jwt_secret or await asyncio.to_thread(load_or_create_secret, config.data_dir / "jwt.secret")
     app[keys.TOKENS] = TokenService(secret, config.auth.token_ttl_hours * 3600)
+    await app[keys.PASSWORDS].warm_up()
     yield
     await db.close()
 
 
-def _voice_known(app: web.Application) -> Callable[[str], bool]:
-    """A voice id the engine lists, a built-in one, or any edge ShortName (the live list has hundreds more)."""
-    builtin = frozenset(v.id for v in builtin_edge_voices())
+async def _media_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The media folder; temp files a crash left mid-upload are removed before any upload is served."""
+    store = MediaStore(app[keys.CONFIG].data_dir / "media")
+    await store.cleanup_temp()
+    app[keys.MEDIA] = store
+    yield
 
-    def known(voice_id: str) -> bool:
-        if voice_id in builtin or EDGE_VOICE_RE.fullmatch(voice_id):
-            return True
-        speech = app.get(keys.SPEECH)
-        return speech is not None and any(v.id == voice_id for v in speech.engine.voices())
 
-    return known
+def _make_engine(config: Config) -> TTSEngine:
+    if config.tts.engine == "espeak":
+        from .tts.espeak import EspeakEngine
+
+        if not EspeakEngine.available():
+            raise RuntimeError("tts.engine is espeak but espeak-ng is not installed (apt-get install espeak-ng)")
+        return EspeakEngine()
+    from .tts.edge import EdgeEngine
+
+    return EdgeEngine(config.tts.edge_wss_url)
+
+
+def _speech_ctx(engine: TTSEngine | None):
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        config = app[keys.CONFIG]
+        tts_engine = engine or _make_engine(config)
+        # Its own secret: cache names must not be guessable from a text, and rotating the JWT secret
+        # should not throw the speech cache away.
+        secret = await asyncio.to_thread(load_or_create_secret, config.data_dir / "tts.secret")
+        speech = SpeechService(tts_engine, config.data_dir / "media" / "tts", secret.encode("ascii"),
+                               max_bytes=int(config.tts.cache_max_mb * 1024 * 1024),
+                               max_concurrency=config.tts.max_concurrency, max_pending=config.tts.max_pending)
+        catalog = VoiceCatalog(tts_engine, refresh=config.tts.refresh_voices)
+        await speech.start()
+        await catalog.start()
+        app[keys.SPEECH], app[keys.VOICES] = speech, catalog
+        yield
+        await catalog.close()
+        await speech.close()
+
+    return ctx
 
 
 async def _rules_ctx(app: web.Application) -> AsyncIterator[None]:
     """Settings, triggers and the action engine; after the database (and speech, when wired), before live."""
     config, db = app[keys.CONFIG], app[keys.DB]
-    settings = SettingsStore(db, default_voice=config.tts.default_voice, voice_known=_voice_known(app))
+    settings = SettingsStore(db, default_voice=config.tts.default_voice, voice_known=app[keys.VOICES].known)
     triggers = TriggerStore(db, config)
     await triggers.start()
     app[keys.SETTINGS], app[keys.TRIGGERS] = settings, triggers
-    app[keys.ACTIONS] = ActionEngine(settings, triggers, app.get(keys.SPEECH), media_url=config.media_url,
+    app[keys.ACTIONS] = ActionEngine(settings, triggers, app[keys.SPEECH], media_url=config.media_url,
                                      default_voice=config.tts.default_voice)
     yield
     await triggers.close()  # writes the executed_count increments still pending
@@ -111,11 +146,12 @@ async def _close_sockets(app: web.Application) -> None:
     await app[keys.SOCKETS].close_all()
 
 
-def create_app(config: Config, *, live_source: LiveSource | None = None,
+def create_app(config: Config, *, live_source: LiveSource | None = None, tts_engine: TTSEngine | None = None,
                reconnect_min_seconds: float = 1.0) -> web.Application:
     """The whole server as one aiohttp application; tests build it the same way with fakes injected.
 
-    live_source replaces the TikTok adapter (tests of the pipeline); reconnect_min_seconds is the first
+    live_source replaces the TikTok adapter (tests of the pipeline), tts_engine the configured speech engine;
+    reconnect_min_seconds is the first
     back-off step (tests shrink it instead of sleeping).
     """
     app = web.Application(
@@ -129,6 +165,8 @@ def create_app(config: Config, *, live_source: LiveSource | None = None,
     app[keys.LIMITERS] = _limiters(config)
     app[keys.SOCKETS] = SocketRegistry()
     app.cleanup_ctx.append(_database_ctx)
+    app.cleanup_ctx.append(_media_ctx)
+    app.cleanup_ctx.append(_speech_ctx(tts_engine))
     app.cleanup_ctx.append(_rules_ctx)
     app.cleanup_ctx.append(_live_ctx(live_source, reconnect_min_seconds))
     app.on_shutdown.append(_close_sockets)
@@ -140,6 +178,8 @@ def create_app(config: Config, *, live_source: LiveSource | None = None,
     app.router.add_routes(licenses_api.routes)
     app.router.add_routes(settings_api.routes)
     app.router.add_routes(triggers_api.routes)
+    app.router.add_routes(tts_api.routes)
+    app.router.add_routes(sounds_api.routes)
     _setup_cors(app, config)
     return app
 

@@ -52,6 +52,7 @@ class TTSConfig:
     max_concurrency: int = 4  # syntheses running at once
     max_pending: int = 20  # queued chat phrases; beyond this the oldest is shed
     edge_wss_url: str = ""  # empty: edge-tts's own service; set to point at a proxy or a fake
+    refresh_voices: bool = True  # fetch the live edge voice list at start (and daily) when reachable
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # keys only name types; importing them here would tie every m
     from .security import PasswordHasher, TokenService
     from .settings import SettingsStore
     from .triggers import TriggerStore
+    from .tts.catalog import VoiceCatalog
     from .tts.service import SpeechService
     from .ws import SocketRegistry
 
@@ -30,6 +31,7 @@ LIMITERS: Final = web.AppKey["dict[str, RateLimiter]"]("limiters")
 STARTED_AT: Final = web.AppKey["float"]("started_at")  # monotonic clock at start, for uptime
 MEDIA: Final = web.AppKey["MediaStore"]("media")
 SPEECH: Final = web.AppKey["SpeechService"]("speech")
+VOICES: Final = web.AppKey["VoiceCatalog"]("voices")
 SETTINGS: Final = web.AppKey["SettingsStore"]("settings")
 TRIGGERS: Final = web.AppKey["TriggerStore"]("triggers")
 ACTIONS: Final = web.AppKey["ActionEngine"]("actions")

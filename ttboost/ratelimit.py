@@ -11,7 +11,7 @@ from aiohttp import web
 
 from .errors import ApiError
 
-MAX_KEYS: Final = 10_000  # buckets kept; full buckets are dropped first when this is exceeded
+MAX_KEYS: Final = 10_000  # buckets kept; beyond this the least recently used half is dropped
 
 
 class RateLimiter:

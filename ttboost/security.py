@@ -50,11 +50,16 @@ class PasswordHasher:
     async def hash(self, password: str) -> str:
         return await asyncio.to_thread(self._hash_sync, password)
 
+    async def warm_up(self) -> None:
+        """Makes the dummy hash at start, so even the first unknown-user login costs one check, not two."""
+        if self._dummy is None:
+            self._dummy = (await self.hash(secrets.token_urlsafe(16))).encode("ascii")
+
     async def verify(self, password: str, hashed: str | None) -> bool:
         """True when the password matches; with no hash, burns the same time and returns False."""
         if hashed is None:
-            if self._dummy is None:
-                self._dummy = (await self.hash(secrets.token_urlsafe(16))).encode("ascii")
+            await self.warm_up()
+            assert self._dummy is not None
             await asyncio.to_thread(bcrypt.checkpw, password.encode("utf-8"), self._dummy)
             return False
         return await asyncio.to_thread(bcrypt.checkpw, password.encode("utf-8"), hashed.encode("ascii"))

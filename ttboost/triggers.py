@@ -7,7 +7,6 @@ import contextlib
 import json
 import logging
 import re
-import sqlite3
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Final, Mapping
 
@@ -187,6 +186,11 @@ def _condition_text(kind: str | None, value: Any) -> str:
 
 _SELECT: Final = "SELECT * FROM triggers WHERE user_id = ?"
 _ORDER: Final = " ORDER BY priority DESC, created_at, id"
+_WRITABLE: Final = ("event_type", "condition_key", "condition_value", "action", "action_params", "enabled",
+                    "priority", "cooldown_seconds", "once_per_stream", "trigger_name")
+_INSERT: Final = (f"INSERT INTO triggers ({', '.join(_WRITABLE)}, user_id, created_at)"
+                  f" VALUES ({', '.join('?' * (len(_WRITABLE) + 2))})")
+_UPDATE: Final = f"UPDATE triggers SET {', '.join(c + ' = ?' for c in _WRITABLE)} WHERE id = ?"
 
 
 class TriggerStore:
@@ -274,25 +278,14 @@ class TriggerStore:
                       _pick(data, current, "cooldown_seconds", 0),
                       int(_pick(data, current, "once_per_stream", False)),
                       _pick(data, current, "trigger_name", ""))
-            try:
-                if current is None:
-                    count = await self._db.fetchval("SELECT COUNT(*) FROM triggers WHERE user_id = ?",
-                                                    (user_id,))
-                    if count >= plan_max:
-                        raise ApiError(403, "trigger limit reached", "trigger_limit_reached",
-                                       extra={"max_triggers": plan_max})
-                    trigger_id = await self._db.execute(
-                        "INSERT INTO triggers (event_type, condition_key, condition_value, action, action_params,"
-                        " enabled, priority, cooldown_seconds, once_per_stream, trigger_name, user_id, created_at)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", (*values, user_id, iso(utcnow())))
-                else:
-                    trigger_id = current.id
-                    await self._db.execute(
-                        "UPDATE triggers SET event_type = ?, condition_key = ?, condition_value = ?, action = ?,"
-                        " action_params = ?, enabled = ?, priority = ?, cooldown_seconds = ?,"
-                        " once_per_stream = ?, trigger_name = ? WHERE id = ?", (*values, trigger_id))
-            except sqlite3.IntegrityError:  # same condition spelled identically; caught above, kept as a guard
-                raise ApiError(409, "a trigger with this condition already exists", "trigger_exists") from None
+            if current is None:
+                if await self._db.fetchval("SELECT COUNT(*) FROM triggers WHERE user_id = ?", (user_id,)) >= plan_max:
+                    raise ApiError(403, "trigger limit reached", "trigger_limit_reached",
+                                   extra={"max_triggers": plan_max})
+                trigger_id = await self._db.execute(_INSERT, (*values, user_id, iso(utcnow())))
+            else:
+                trigger_id = current.id
+                await self._db.execute(_UPDATE, (*values, trigger_id))
             trigger = await self._get(user_id, trigger_id)
         await self.refresh(user_id)
         assert trigger is not None

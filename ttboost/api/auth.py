@@ -7,7 +7,7 @@ import logging
 from aiohttp import web
 
 from .. import accounts, keys, licenses
-from ..errors import json_response
+from ..errors import ApiError, json_response
 from ..schemas import LegacyLoginSchema, LoginSchema, PasswordChangeSchema, RedeemLicenseSchema
 from .common import authenticate, limit_by_ip, load_body
 
@@ -21,8 +21,10 @@ async def redeem_license(request: web.Request) -> web.Response:
     limit_by_ip(request, "auth")
     body = await load_body(request, RedeemLicenseSchema())
     app = request.app
-    user = await accounts.redeem_license(app[keys.DB], app[keys.PASSWORDS], username=body["username"],
-                                         password=body["password"], license_key=body["license_key"])
+    user, claimed = await accounts.redeem_license(app[keys.DB], app[keys.PASSWORDS], username=body["username"],
+                                                  password=body["password"], license_key=body["license_key"])
+    if claimed:  # the cached settings resolved tiktok_username from the old, empty username
+        app[keys.SETTINGS].invalidate(user.id)
     request[keys.USER_ID] = user.id
     return json_response(await accounts.token_response(app[keys.DB], app[keys.TOKENS], user))
 
@@ -39,8 +41,13 @@ async def login(request: web.Request) -> web.Response:
 
 @routes.get("/v2/auth/me")
 async def me(request: web.Request) -> web.Response:
-    limit_by_ip(request, "auth")
-    user = await authenticate(request)
+    # The app polls /me with a valid token; only failed attempts (token guessing) count against the
+    # per-IP auth limit, or a polling app would lock itself out.
+    try:
+        user = await authenticate(request)
+    except ApiError:
+        limit_by_ip(request, "auth")
+        raise
     app = request.app
     plan = await licenses.plan_for_user(app[keys.DB], user.id)
     plan_config = app[keys.CONFIG].plan(plan.plan_id) if plan.plan_id else None

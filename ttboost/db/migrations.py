@@ -6,8 +6,10 @@ from typing import Final
 
 MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
     (  # 1: the first schema
+        # AUTOINCREMENT: an id is never handed out twice, so a deleted account's unexpired token can never
+        # match a newer account that would otherwise inherit its id.
         """CREATE TABLE users (
-            id INTEGER PRIMARY KEY,
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
             username TEXT UNIQUE,  -- NULL for a key-only account made by the legacy login
             password_hash TEXT,
             token_version INTEGER NOT NULL DEFAULT 0,
@@ -37,7 +39,7 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             PRIMARY KEY (user_id, filename)
         )""",
         """CREATE TABLE triggers (
-            id INTEGER PRIMARY KEY,
+            id INTEGER PRIMARY KEY AUTOINCREMENT,  -- the app keeps ids; a reused one would edit the wrong rule
             user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
             event_type TEXT NOT NULL,
             condition_key TEXT NOT NULL,

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Callable, Final
 
 from ..db import Database
+from ..pipeline.bus import StreamRef
 from ..pipeline.combos import ComboTracker
 from ..pipeline.dispatch import Dispatcher
 from ..pipeline.events import LiveEvent
@@ -137,15 +138,16 @@ class LiveSession:
         if self._new_stream:
             self._new_stream = False
             self._dispatcher.stream_started(self.user_id)
-        self._row_task = asyncio.create_task(begin_stream(self._db, self.user_id, self.tiktok_username))
-        self._row_task.add_done_callback(self._row_started)
+        stream = StreamRef()
+        channel = self._dispatcher.bus.get(self.user_id)
+        if channel is not None:
+            channel.stream = stream  # events from now on belong to this stream; the row id follows
+        self._row_task = asyncio.create_task(self._begin_row(stream))
         self._set_state("connected")
 
-    def _row_started(self, task: asyncio.Task[int]) -> None:
-        if not task.cancelled() and task.exception() is None:
-            channel = self._dispatcher.bus.get(self.user_id)
-            if channel is not None:
-                channel.session_id = task.result()
+    async def _begin_row(self, stream: StreamRef) -> int:
+        stream.id = await begin_stream(self._db, self.user_id, self.tiktok_username)
+        return stream.id
 
     def _on_event(self, event: LiveEvent) -> None:
         for ready in self._combos.feed(event, self._clock()):
@@ -185,6 +187,6 @@ class LiveSession:
             _LOGGER.exception("could not record the stream of user %s", self.user_id)
             return
         channel = self._dispatcher.bus.get(self.user_id)
-        if channel is not None and channel.session_id == session_id:
-            channel.session_id = None
+        if channel is not None and channel.stream is not None and channel.stream.id == session_id:
+            channel.stream = None
         await end_stream(self._db, session_id, reason)

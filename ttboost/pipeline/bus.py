@@ -34,13 +34,20 @@ def encode(frame: dict[str, Any]) -> str:
 
 
 @dataclass(slots=True)
+class StreamRef:
+    """The stream_sessions row events belong to; its id arrives after the events may have started."""
+
+    id: int | None = None
+
+
+@dataclass(slots=True)
 class Channel:
     user_id: int
     seq: int
     buffer: deque[tuple[int, float, str]]  # (seq, monotonic time, encoded frame)
     subscriber: Subscriber | None = None
     last_status: tuple[int, str] | None = None  # (seq, frame) of the latest status, re-sent on connect
-    session_id: int | None = None  # the stream_sessions row events belong to
+    stream: StreamRef | None = None  # the LIVE stream now being watched, if any
     language: str = "ru"  # language of the connected app, for status/error texts
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -113,8 +120,7 @@ class EventBus:
         if channel.subscriber is not None:
             channel.subscriber.deliver(frame)
         if log:
-            self._pending.append((user_id, channel.session_id, channel.seq, type_, ts,
-                                  encode(payload)))
+            self._pending.append((user_id, channel.stream, channel.seq, type_, ts, encode(payload)))
             if len(self._pending) > LOG_MAX_PENDING:
                 del self._pending[: len(self._pending) - LOG_MAX_PENDING]
                 _LOGGER.warning("event log lagging: dropped the oldest rows")
@@ -159,11 +165,12 @@ class EventBus:
         if not self._pending:
             return
         rows, self._pending = self._pending, []
+        values = [(user_id, stream.id if stream else None, *rest) for user_id, stream, *rest in rows]
         try:
             async with self._db.transaction():
                 await self._db.executemany(
                     "INSERT INTO events (user_id, session_id, seq, type, ts, payload) VALUES (?, ?, ?, ?, ?, ?)",
-                    rows)
+                    values)
         except BaseException:
             self._pending[:0] = rows
             raise

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
-from typing import Final
+from typing import AsyncIterator, Final
 
 from aiohttp import hdrs, web
 
@@ -38,29 +38,37 @@ async def serve_speech(request: web.Request) -> web.StreamResponse:
         raise errors.not_found()
     if isinstance(found, Path):
         return web.FileResponse(found, headers=_FILE_HEADERS)  # Range, If-None-Match and HEAD included
+    try:
+        return await _follow(request, match[1], found)
+    finally:
+        await found.aclose()  # also when the handler is cancelled mid-way
 
+
+async def _follow(request: web.Request, key: str, chunks: AsyncIterator[bytes]) -> web.StreamResponse:
+    """Streams a running synthesis: chunks so far at once, then the rest as the engine makes them."""
     try:
         # Answer only once audio exists, so a phrase that fails or is shed before its first chunk is a 404.
-        first = await anext(found)
+        first = await anext(chunks)
     except (StopAsyncIteration, TTSError):
         raise errors.not_found() from None
     response = web.StreamResponse(headers=_STREAM_HEADERS)
     response.enable_chunked_encoding()
+    await response.prepare(request)
+    if request.method == hdrs.METH_HEAD:  # aiohttp would put written bytes on the wire even for HEAD
+        await response.write_eof()
+        return response
     try:
-        await response.prepare(request)
         await response.write(first)
-        async for chunk in found:
+        async for chunk in chunks:
             await response.write(chunk)
     except TTSError as exc:
         # The 200 is out; cutting the connection before the last chunk is the only way left to say "broken",
         # so the player does not take a cut-off phrase for a complete one.
-        _LOGGER.warning("tts stream of %s broke off: %s", match[1], exc)
+        _LOGGER.warning("tts stream of %s broke off: %s", key, exc)
         if request.transport is not None:
             request.transport.close()
         return response
     except ConnectionError:  # the app stopped listening (skipped the phrase): nothing to report
         return response
-    finally:
-        await found.aclose()  # type: ignore[attr-defined]  # our follower is an async generator
     await response.write_eof()
     return response

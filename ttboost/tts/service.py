@@ -16,7 +16,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterator, Callable, Final, TypeVar
+from typing import AsyncGenerator, Callable, Final, TypeVar
 
 from .engine import TTSEngine, TTSError, clamp_rate
 
@@ -66,7 +66,7 @@ class _Job:
         self._changed.set()
         self._changed = asyncio.Event()
 
-    async def follow(self) -> AsyncIterator[bytes]:
+    async def follow(self) -> AsyncGenerator[bytes, None]:
         """Everything produced so far, then the rest as it comes; TTSError if the job fails on the way."""
         sent = 0
         while True:
@@ -192,7 +192,7 @@ class SpeechService:
             raise TTSError(job.error or "synthesis failed")
         return key, False
 
-    def open(self, key: str) -> Path | AsyncIterator[bytes] | None:
+    def open(self, key: str) -> Path | AsyncGenerator[bytes, None] | None:
         """The cached file, or a live follower of the running synthesis, or None (unknown, failed or shed)."""
         if not _KEY_RE.fullmatch(key):  # before anything touches a path built from it
             return None
@@ -322,8 +322,9 @@ class SpeechService:
                 await _run_to_end(_unlink_all, victims)
             except Exception:  # the files are out of the index already; a leftover is only disk space
                 _LOGGER.exception("tts cache: eviction failed in %s", self._dir)
-        _LOGGER.info("tts cache: evicted %d file(s); %d bytes kept (bound %d)", len(victims), self._total,
-                     self._max_bytes)
+        # DEBUG: once the cache is full, every new phrase evicts one; INFO would be a line per chat message.
+        _LOGGER.debug("tts cache: evicted %d file(s); %d bytes kept (bound %d)", len(victims), self._total,
+                      self._max_bytes)
 
 
 async def _run_to_end(func: Callable[..., _T], *args: object) -> _T:

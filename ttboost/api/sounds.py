@@ -1,0 +1,79 @@
+"""Sound endpoints under /v2/sounds/* (upload 5/min per user, list, delete) and the public file route."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from marshmallow import EXCLUDE, Schema, fields
+
+from .. import keys, licenses, media, sounds
+from ..errors import json_response
+from ..sounds import SoundDeleteSchema
+from ..users import User
+from .common import authenticate, limit_by_user, load_body
+
+routes = web.RouteTableDef()
+
+
+class _ForceQuery(Schema):
+    """DELETE /v2/sounds/{filename}?force=1. Query strings pick up cache-busters and the like: ignored."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    force = fields.Boolean(load_default=False)
+
+
+async def _max_sounds(request: web.Request, user: User) -> int:
+    """The plan's max_sounds. Unlike triggers, an expired license still counts: sounds play nothing without
+    a LIVE session, and a streamer renewing should find (and be able to prepare) their sounds. Only a user
+    with no plan at all (nothing bound, or only revoked keys) cannot add new ones; replacing and deleting
+    always work."""
+    plan = await licenses.plan_for_user(request.app[keys.DB], user.id)
+    config_plan = request.app[keys.CONFIG].plan(plan.plan_id) if plan.plan_id else None
+    return config_plan.max_sounds if config_plan else 0
+
+
+@routes.post("/v2/sounds/upload")
+async def upload_sound(request: web.Request) -> web.Response:
+    user = await authenticate(request)
+    limit_by_user(request, "upload", user)  # before the body is read: a refused upload costs no bandwidth
+    config = request.app[keys.CONFIG]
+    # Streams the multipart body itself, so the app's client_max_size (64 KiB, for JSON) does not apply here.
+    upload = await media.read_upload(request, config.limits.max_sound_bytes)
+    sound = await sounds.upload(request.app[keys.DB], request.app[keys.MEDIA], user.id, upload.data,
+                                upload.filename, upload.name, await _max_sounds(request, user), config.limits)
+    body = sound.to_json(config.media_url, user.id)
+    del body["created_at"]  # the upload response is the spec's shape exactly; list carries created_at
+    return json_response({"status": "ok", **body})
+
+
+@routes.get("/v2/sounds/list")
+async def list_sounds(request: web.Request) -> web.Response:
+    user = await authenticate(request)
+    media_url = request.app[keys.CONFIG].media_url
+    found = await sounds.list_sounds(request.app[keys.DB], user.id)
+    return json_response({"sounds": [s.to_json(media_url, user.id) for s in found]})
+
+
+async def _delete(request: web.Request, user: User, filename: str, force: bool) -> web.Response:
+    app = request.app
+    await sounds.delete(app[keys.DB], app[keys.MEDIA], app[keys.TRIGGERS], user.id, filename, force)
+    return json_response({"status": "ok"})
+
+
+@routes.post("/v2/sounds/delete")
+async def delete_sound(request: web.Request) -> web.Response:
+    user = await authenticate(request)
+    body = await load_body(request, SoundDeleteSchema())
+    return await _delete(request, user, body["filename"], body["force"])
+
+
+@routes.delete("/v2/sounds/{filename}")
+async def delete_sound_by_path(request: web.Request) -> web.Response:
+    user = await authenticate(request)
+    query = _ForceQuery().load(dict(request.query))
+    return await _delete(request, user, request.match_info["filename"], query["force"])
+
+
+# Public by URL, like the TTS files: the app's audio player fetches it without a token.
+routes.get("/static/sounds/{user_id}/{filename}")(media.serve_sound)
