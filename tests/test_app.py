@@ -56,3 +56,64 @@ def test_config_file_is_read(tmp_path) -> None:
     cfg = load_config(path, env={"TTBOOST_SERVER_PORT": "8124"})
     assert cfg.server.port == 8124
     assert cfg.plan("solo").max_triggers == 3 and cfg.plan("nova_streamer_duo") is None
+
+
+async def test_cors_allows_only_the_exact_configured_origin(make_client) -> None:
+    client = await make_client(server={"public_url": "http://testserver", "cors_origins": ("https://app.example",)})
+    preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"}
+    ok = await client.options("/v2/auth/login", headers={"Origin": "https://app.example", **preflight})
+    assert ok.status == 200 and ok.headers["Access-Control-Allow-Origin"] == "https://app.example"
+    for origin in ("https://app.example.evil.com", "https://evil.com", "http://app.example"):
+        refused = await client.options("/v2/auth/login", headers={"Origin": origin, **preflight})
+        assert "Access-Control-Allow-Origin" not in refused.headers, origin
+    plain = await client.get("/health", headers={"Origin": "https://evil.com"})
+    assert "Access-Control-Allow-Origin" not in plain.headers
+
+
+async def test_no_cors_headers_without_configured_origins(client) -> None:
+    resp = await client.get("/health", headers={"Origin": "https://app.example"})
+    assert "Access-Control-Allow-Origin" not in resp.headers
+
+
+async def test_json_bodies_over_64_kib_are_413_and_change_nothing(client) -> None:
+    body = '{"username": "someone", "password": "' + "x" * (64 * 1024) + '"}'
+    resp = await client.post("/v2/auth/login", data=body, headers={"Content-Type": "application/json"})
+    assert resp.status == 413
+    assert (await resp.json())["code"] == "payload_too_large"
+    edge = '{"username": "someone", "password": "' + "x" * (64 * 1024 - 60) + '"}'
+    assert len(edge.encode()) <= 64 * 1024
+    resp = await client.post("/v2/auth/login", data=edge, headers={"Content-Type": "application/json"})
+    assert resp.status == 422  # read and validated (password over 72 bytes), not refused for size
+
+
+async def test_tokens_never_reach_the_log(client, caplog) -> None:
+    import logging
+
+    from tests.helpers import make_user
+
+    _, token = await make_user(client.server.app)
+    caplog.set_level(logging.DEBUG)
+    ws = await client.ws_connect(f"/v2/ws?token={token}&demo=1")
+    await ws.close()
+    await client.get(f"/ws/{token}")
+    await client.get("/v2/auth/me", headers={"Authorization": f"Bearer {token}"})
+    # aiohttp.access is the test server's own logger; production serve() and setup_logging() silence it.
+    text = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("ttboost"))
+    assert "token=***" in text and "/ws/***" in text
+    assert token not in text and token.split(".")[2] not in text
+
+
+def test_logging_setup_silences_loggers_that_would_print_secrets() -> None:
+    import logging
+
+    from ttboost.logsetup import setup_logging
+
+    names = ("", "aiohttp.access", "aiosqlite")
+    saved = {name: logging.getLogger(name).level for name in names}
+    try:
+        setup_logging("DEBUG")
+        assert not logging.getLogger("aiohttp.access").isEnabledFor(logging.INFO)
+        assert not logging.getLogger("aiosqlite").isEnabledFor(logging.DEBUG)
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)

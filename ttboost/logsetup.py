@@ -18,8 +18,15 @@ _SECRET_QUERY: Final = re.compile(r"((?:^|[?&])(?:token|access_token|ws_token|ke
 _WS_PATH: Final = re.compile(r"^/ws/[^/]+")
 
 
+# Loggers that would print secrets: aiohttp's access log writes raw paths (/ws/<token>, ?token=), and
+# aiosqlite at DEBUG prints SQL parameters (password hashes). Our own redacted access line replaces the first.
+_QUIET: Final = {"aiohttp.access": logging.WARNING, "aiosqlite": logging.INFO}
+
+
 def setup_logging(level: str = "INFO") -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name, floor in _QUIET.items():
+        logging.getLogger(name).setLevel(floor)
 
 
 def redact(path_qs: str) -> str:
