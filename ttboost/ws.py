@@ -214,8 +214,13 @@ async def _start_stream(app: web.Application, conn: Connection, *, since: int, d
     session = app[keys.LIVE].session(user_id)
     if session is None and settings.get("auto_connect") and settings.get("tiktok_username"):
         await app[keys.LIVE].start(user_id, settings["tiktok_username"])
-    elif session is None and (bus.get(user_id).last_status is None):  # type: ignore[union-attr]
-        app[keys.DISPATCHER].status(user_id, "idle", tiktok_username=settings.get("tiktok_username") or "")
+    elif session is None and bus.get(user_id).state is None:  # type: ignore[union-attr]
+        await _report_idle(app, user_id)
+
+
+async def _report_idle(app: web.Application, user_id: int) -> None:
+    settings = await app[keys.SETTINGS].get(user_id)
+    app[keys.DISPATCHER].status(user_id, "idle", tiktok_username=settings.get("tiktok_username") or "")
 
 
 def _replay(app: web.Application, conn: Connection, since: int) -> None:
@@ -252,11 +257,10 @@ async def _handle(app: web.Application, conn: Connection, data: str) -> None:
     elif action == "connect_tiktok":
         await _connect_tiktok(app, conn, message.get("username"))
     elif action == "disconnect_tiktok":
-        await app[keys.LIVE].stop(user_id)
+        await app[keys.LIVE].stop(user_id)  # a running session reports idle itself as it stops
         channel = app[keys.BUS].get(user_id)
-        if channel is not None and (channel.last_status is None or '"state":"idle"' not in channel.last_status[1]):
-            settings = await app[keys.SETTINGS].get(user_id)
-            app[keys.DISPATCHER].status(user_id, "idle", tiktok_username=settings.get("tiktok_username") or "")
+        if channel is not None and channel.state != "idle":
+            await _report_idle(app, user_id)
     else:
         conn.send_local("error", code="bad_request", message=text("bad_request", language))
 

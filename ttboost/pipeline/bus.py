@@ -47,6 +47,7 @@ class Channel:
     buffer: deque[tuple[int, float, str]]  # (seq, monotonic time, encoded frame)
     subscriber: Subscriber | None = None
     last_status: tuple[int, str] | None = None  # (seq, frame) of the latest status, re-sent on connect
+    state: str | None = None  # the state that status reported
     stream: StreamRef | None = None  # the LIVE stream now being watched, if any
     language: str = "ru"  # language of the connected app, for status/error texts
     meta: dict[str, Any] = field(default_factory=dict)
@@ -117,6 +118,7 @@ class EventBus:
         self._trim(channel, now)
         if type_ == "status":
             channel.last_status = (channel.seq, frame)
+            channel.state = payload["state"]
         if channel.subscriber is not None:
             channel.subscriber.deliver(frame)
         if log:
