@@ -10,9 +10,10 @@ from typing import AsyncIterator
 import aiohttp_cors
 from aiohttp import web
 
-from . import keys, ws
+from . import keys, openapi, ws
 from .api import auth
 from .api import events, health
+from .api import openapi as openapi_api
 from .api import licenses as licenses_api
 from .api import settings as settings_api
 from .api import sounds as sounds_api
@@ -59,8 +60,11 @@ async def _database_ctx(app: web.Application) -> AsyncIterator[None]:
     app[keys.DB] = db
     secret = config.auth.jwt_secret or await asyncio.to_thread(load_or_create_secret, config.data_dir / "jwt.secret")
     app[keys.TOKENS] = TokenService(secret, config.auth.token_ttl_hours * 3600)
-    await app[keys.PASSWORDS].warm_up()
+    # The dummy hash (~250 ms of bcrypt) is made beside start-up, not in its way.
+    warm_up = asyncio.create_task(app[keys.PASSWORDS].warm_up(), name="bcrypt-warm-up")
     yield
+    warm_up.cancel()
+    await asyncio.gather(warm_up, return_exceptions=True)
     await db.close()
 
 
@@ -169,9 +173,11 @@ def create_app(config: Config, *, live_source: LiveSource | None = None, tts_eng
     app.cleanup_ctx.append(_speech_ctx(tts_engine))
     app.cleanup_ctx.append(_rules_ctx)
     app.cleanup_ctx.append(_live_ctx(live_source, reconnect_min_seconds))
+    app.on_startup.append(openapi.build_on_startup)  # after every route (CORS too); a route without docs fails it
     app.on_shutdown.append(_close_sockets)
 
     app.router.add_routes(health.routes)
+    app.router.add_routes(openapi_api.routes)
     app.router.add_routes(events.routes)
     app.router.add_routes(ws.routes)
     app.router.add_routes(auth.routes)
