@@ -26,6 +26,12 @@ ROUTE = "/static/sounds/{user_id}/{filename}"
 ClientFactory = Callable[..., Awaitable[TestClient]]
 
 
+def count_files(store: MediaStore, user_id: int) -> int:
+    """Sound files on disk in the user's folder (temp files and other names do not count)."""
+    folder = store.user_dir(user_id)
+    return sum(1 for f in folder.iterdir() if is_sound_name(f.name) and f.is_file()) if folder.exists() else 0
+
+
 def check(data: bytes, **limits: float) -> AudioInfo:
     return validate_audio(data, **{**LIMITS, **limits})
 
@@ -173,7 +179,7 @@ async def test_save_is_atomic_and_replaces(store: MediaStore) -> None:
     await store.save(1, "rose.mp3", b"second version")
     assert files_in(folder) == ["rose.mp3"]
     assert (folder / "rose.mp3").read_bytes() == b"second version"
-    assert await store.usage(1) == 1
+    assert count_files(store, 1) == 1
 
 
 async def test_save_refuses_unsanitized_names(store: MediaStore) -> None:
@@ -230,7 +236,7 @@ async def test_path_for(store: MediaStore, tmp_path: Path) -> None:
 
 
 async def test_delete_usage_and_cleanup(store: MediaStore) -> None:
-    assert await store.usage(1) == 0
+    assert count_files(store, 1) == 0
     assert await store.cleanup_temp() == 0  # no media folder yet
     await store.save(1, "a.mp3", b"a")
     await store.save(1, "b.ogg", b"b")
@@ -238,13 +244,13 @@ async def test_delete_usage_and_cleanup(store: MediaStore) -> None:
     for user_id in (1, 2):
         (store.root / "sounds" / str(user_id) / ".upload-crash.tmp").write_bytes(b"half")
     (store.root / "sounds" / "1" / "notes.txt").write_bytes(b"not a sound")
-    assert await store.usage(1) == 2
+    assert count_files(store, 1) == 2
     assert await store.cleanup_temp() == 2
     assert files_in(store.root / "sounds" / "1") == ["a.mp3", "b.ogg", "notes.txt"]
     assert await store.delete(1, "a.mp3") is True
     assert await store.delete(1, "a.mp3") is False
     assert await store.delete(1, "../2/c.wav") is False
-    assert await store.usage(1) == 1
+    assert count_files(store, 1) == 1
     assert files_in(store.root / "sounds" / "2") == ["c.wav"]
 
 

@@ -96,13 +96,6 @@ def check_usable(lic: License, now: datetime | None = None) -> None:
         raise license_expired()
 
 
-def check_redeemable(lic: License, user_id: int | None, now: datetime | None = None) -> None:
-    """The redeem rules of spec §3/§4: active, unexpired, and unbound or bound to this same user."""
-    check_usable(lic, now)
-    if lic.user_id is not None and lic.user_id != user_id:
-        raise license_taken()
-
-
 async def bind(db: Database, key: str, user_id: int) -> None:
     """Binds the key to the user; callers check redeemability first, in the same transaction."""
     await db.execute("UPDATE licenses SET user_id = ? WHERE key = ?", (user_id, key))

@@ -70,18 +70,6 @@ class MediaStore:
             return False
         return True
 
-    async def usage(self, user_id: int) -> int:
-        """Number of sound files the user has on disk."""
-        return await asyncio.to_thread(self._count, self.user_dir(user_id))
-
-    @staticmethod
-    def _count(folder: Path) -> int:
-        try:
-            with os.scandir(folder) as entries:
-                return sum(1 for e in entries if is_sound_name(e.name) and e.is_file(follow_symlinks=False))
-        except FileNotFoundError:
-            return 0
-
     async def cleanup_temp(self) -> int:
         """Removes temp files a crash left mid-upload; call at startup, before uploads are served."""
         count = await asyncio.to_thread(self._cleanup_temp)

@@ -105,10 +105,6 @@ class ActionEngine:
     def stream_started(self, user_id: int) -> None:
         self._user(user_id).stream = _Stream()
 
-    def forget(self, user_id: int) -> None:
-        """Drops a user's per-viewer state (their LIVE watch stopped)."""
-        self._users.pop(user_id, None)
-
     def apply(self, user_id: int, event: LiveEvent) -> None:
         """Sets event.extra's audio fields; an unexpected error is logged and the event goes on silent."""
         try:
