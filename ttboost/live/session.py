@@ -50,6 +50,7 @@ class LiveSession:
         self._connected_at: float | None = None
         self._new_stream = True  # the next connect starts a new LIVE (resets per-stream trigger state)
         self.state = "idle"
+        self._retry_in: float | None = None
 
     @property
     def running(self) -> bool:
@@ -70,17 +71,20 @@ class LiveSession:
         self._set_state("idle")
 
     def _set_state(self, state: str, retry_in: float | None = None) -> None:
-        if state != self.state or retry_in is not None:
-            _LOGGER.info("live user=%s tiktok=@%s state %s -> %s%s", self.user_id, self.tiktok_username,
-                         self.state, state, f" retry_in={retry_in:.1f}s" if retry_in is not None else "")
-        self.state = state
+        """Publishes a status frame when something changed; a repeated state (re-checks while waiting) is silent."""
+        if state == self.state and retry_in == self._retry_in:
+            return
+        _LOGGER.info("live user=%s tiktok=@%s state %s -> %s%s", self.user_id, self.tiktok_username,
+                     self.state, state, f" retry_in={retry_in:.1f}s" if retry_in is not None else "")
+        self.state, self._retry_in = state, retry_in
         self._dispatcher.status(self.user_id, state, tiktok_username=self.tiktok_username, retry_in=retry_in)
 
     async def _supervise(self) -> None:
         backoff = self._timing.backoff_min
         try:
             while True:
-                self._set_state("connecting")
+                if self.state != "waiting_for_live":  # a re-check while waiting is not news for the app
+                    self._set_state("connecting")
                 self._connected_at = None
                 try:
                     await self._source.watch(self.tiktok_username, self._on_event, self._on_connected)
