@@ -86,6 +86,25 @@ async def test_json_bodies_over_64_kib_are_413_and_change_nothing(client) -> Non
     assert resp.status == 422  # read and validated (password over 72 bytes), not refused for size
 
 
+@pytest.mark.parametrize(("path", "body"), [
+    ("/v2/settings/update", b'{"chat_tts_prefix": "\\ud800"}'),
+    ("/v2/events/simulate", b'{"type": "chat", "user": "\\udc00x"}'),
+    ("/v2/triggers/set", b'{"event_type": "chat", "action": "tts", "action_params": {"text_template": "\\ud800"}}'),
+    ("/v2/settings/update", b'{"chat_tts_prefix": "\xed\xa0\x80"}'),  # the same surrogate as raw bytes
+])
+async def test_json_with_a_lone_surrogate_is_400(client, path: str, body: bytes) -> None:
+    """JSON can spell a lone surrogate, which is no text: it was stored or echoed and failed there (500)."""
+    from tests.helpers import bearer, make_user
+
+    _, token = await make_user(client.server.app)
+    resp = await client.post(path, data=body, headers={**bearer(token), "Content-Type": "application/json"})
+    assert resp.status == 400
+    assert await resp.json() == {"detail": "invalid JSON body", "code": "bad_request"}
+    pair = await client.post("/v2/settings/update", data=b'{"chat_tts_prefix": "\\ud83d\\ude00"}',
+                             headers={**bearer(token), "Content-Type": "application/json"})
+    assert (await pair.json())["settings"]["chat_tts_prefix"] == "\U0001F600"  # a surrogate pair is text
+
+
 async def test_tokens_never_reach_the_log(client, caplog) -> None:
     import logging
 
@@ -117,3 +136,21 @@ def test_logging_setup_silences_loggers_that_would_print_secrets() -> None:
     finally:
         for name, level in saved.items():
             logging.getLogger(name).setLevel(level)
+
+
+@pytest.mark.parametrize(("env", "needle"), [
+    ({"TTBOOST_SERVER_PUBLIC_URL": "example.com"}, "server.public_url"),
+    ({"TTS_BASE_URL": "cdn.example.com"}, "server.media_url"),
+    ({"TTBOOST_SERVER_TRUSTED_PROXIES": "localhost"}, "trusted_proxies"),
+    ({"TTBOOST_SERVER_CORS_ORIGINS": "https://app.example/path"}, "cors_origins"),
+])
+def test_unusable_urls_and_addresses_stop_the_start(env: dict[str, str], needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        load_config(None, env=env)
+
+
+def test_good_urls_and_addresses_are_accepted() -> None:
+    cfg = load_config(None, env={"TTBOOST_SERVER_PUBLIC_URL": "https://live.example.com",
+                                 "TTBOOST_SERVER_TRUSTED_PROXIES": "127.0.0.1,10.0.0.0/8,::1",
+                                 "TTBOOST_SERVER_CORS_ORIGINS": "https://app.example.com,http://localhost:3000"})
+    assert cfg.server.cors_origins == ("https://app.example.com", "http://localhost:3000")

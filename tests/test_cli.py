@@ -140,3 +140,9 @@ async def test_backup_writes_a_readable_database(app_client, config_file, capsys
         assert conn.execute("SELECT COUNT(*) FROM licenses").fetchone() == (2,)
     conn.close()
     assert not list(tmp_path.glob(".backup.db.*"))  # no temporary file left behind
+
+
+def test_a_missing_config_file_named_on_the_command_line_is_an_error(tmp_path, capsys) -> None:
+    code = cli.main(["--config", str(tmp_path / "typo.toml"), "license", "list"])
+    assert code == 2
+    assert "typo.toml does not exist" in capsys.readouterr().err

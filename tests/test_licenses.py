@@ -56,6 +56,21 @@ async def test_issue_web_refuses_wrong_or_missing_key(make_client) -> None:
     assert await client.app[keys.DB].fetchval("SELECT COUNT(*) FROM licenses") == 0
 
 
+async def test_issue_web_refuses_a_key_that_is_not_utf8(make_client) -> None:
+    """A header's undecodable bytes reach the handler as surrogates; comparing them was a UnicodeEncodeError (500)."""
+    client = await make_client(**WEB)
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    try:
+        writer.write(b"POST /v2/license/issue-web HTTP/1.1\r\nHost: test\r\nWeb-Api-Key: \xff\xfe\r\n"
+                     b"Content-Length: 0\r\nConnection: close\r\n\r\n")
+        answer = await asyncio.wait_for(reader.read(), timeout=5)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    assert answer.split(b"\r\n", 1)[0].split()[1] == b"401"
+    assert answer.endswith(b'{"detail": "invalid api key", "code": "invalid_api_key"}')
+
+
 async def test_issue_web_issues_a_redeemable_key(make_client) -> None:
     client = await make_client(**WEB)
     resp = await client.post("/v2/license/issue-web", headers={"Web-Api-Key": API_KEY},
@@ -111,6 +126,7 @@ async def test_issue_web_plan_rules(make_client) -> None:
     ({"currency": "EURO"}, "currency"),
     ({"email": "not-an-email"}, "email"),
     ({"coupon": "FREE"}, "coupon"),
+    ({"amount": 2**63}, "amount"),  # past SQLite's INTEGER: was an OverflowError (500)
 ])
 async def test_issue_web_validation(make_client, body: dict[str, Any], field: str) -> None:
     client = await make_client(**WEB)

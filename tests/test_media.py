@@ -452,3 +452,46 @@ async def test_upload_needs_multipart(upload_client: tuple[TestClient, list[byte
                              headers={"Content-Type": "multipart/form-data; boundary=XyZ"})
     assert resp.status == 400
     assert (await resp.json()) == {"detail": "malformed multipart body", "code": "bad_request"}
+
+
+def charset_body(charset: bytes, audio: bytes = b"abc") -> bytes:
+    return (b"--XyZ\r\nContent-Disposition: form-data; name=\"_charset_\"\r\n\r\n" + charset + b"\r\n"
+            b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n\r\n" + audio
+            + b"\r\n--XyZ--\r\n")
+
+
+@pytest.mark.parametrize("charset", [b"u" * 40, b"u" * 4000, b"latin-1", b"no-such-charset", b"\xff\xfe"])
+async def test_upload_charset_other_than_utf8_is_422(upload_client: tuple[TestClient, list[bytes]],
+                                                     charset: bytes) -> None:
+    """An RFC 7578 `_charset_` part: aiohttp's own handling of it raised RuntimeError when it was long (a 500)."""
+    client, seen = upload_client
+    resp = await client.post("/upload", data=charset_body(charset),
+                             headers={"Content-Type": "multipart/form-data; boundary=XyZ"})
+    assert resp.status == 422
+    assert (await resp.json())["fields"] == {"_charset_": ["only UTF-8 is supported"]}
+    assert seen == []
+
+
+@pytest.mark.parametrize("charset", [b"utf-8", b"UTF8", b" us-ascii "])
+async def test_upload_with_a_utf8_charset_part_works(upload_client: tuple[TestClient, list[bytes]],
+                                                     charset: bytes) -> None:
+    client, seen = upload_client
+    wav = make_wav(0.02)
+    resp = await client.post("/upload", data=charset_body(charset, wav),
+                             headers={"Content-Type": "multipart/form-data; boundary=XyZ"})
+    assert resp.status == 200, await resp.text()
+    assert seen == [wav]
+
+
+@pytest.mark.parametrize("body", [
+    # a part whose header block is no header (the closing boundary right after the opening one): InvalidHeader
+    b"--XyZ\r\n--XyZ--\r\n",
+    b"--XyZ\r\nno colon in this header line\r\n\r\nabc\r\n--XyZ--\r\n",
+])
+async def test_upload_malformed_parts_are_400(upload_client: tuple[TestClient, list[bytes]], body: bytes) -> None:
+    client, seen = upload_client
+    resp = await client.post("/upload", data=body, headers={"Content-Type": "multipart/form-data; boundary=XyZ"})
+    assert resp.status == 400
+    assert await resp.json() == {"detail": "malformed multipart body", "code": "bad_request"}
+    assert seen == []
+

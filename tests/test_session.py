@@ -69,6 +69,8 @@ async def test_rechecks_while_offline_publish_nothing_new(parts) -> None:
     await session.stop()
     assert frames.states() == [("connecting", None), ("waiting_for_live", 0.1), ("connected", None),
                                ("idle", None)]
+    errors = [f["code"] for f in frames.items if f["type"] == "error"]
+    assert errors == ["tiktok_offline"]  # once per wait, not once per re-check
 
 
 async def test_drops_back_off_doubling_up_to_the_cap(parts) -> None:

@@ -229,3 +229,62 @@ async def test_cancel_before_connecting_leaves_nothing_open(
     with pytest.raises(asyncio.CancelledError):
         await w.result()
     assert fake.connections == 0
+
+
+async def test_betterproto2_reuses_validators_and_still_validates() -> None:
+    """The adapter makes betterproto2 keep one pydantic validator per class: same checks, same errors."""
+    from importlib.metadata import version
+
+    import betterproto2
+    from pydantic import ValidationError
+
+    from ttboost.live.tiktok import _load_library
+
+    await _load_library()
+    from TikTokLive.proto import CommonMessageData, WebcastPushFrame
+
+    if version("betterproto2") == "0.9.1":
+        assert getattr(betterproto2.Message._validate, "ttboost_reuses_validators", False)
+    wire = bytes(WebcastPushFrame(log_id=7, payload_type="msg", payload=b"x"))
+    first, second = WebcastPushFrame().parse(wire), WebcastPushFrame().parse(wire)  # validated as they load
+    assert first == second and (first.log_id, first.payload_type, first.payload) == (7, "msg", b"x")
+    for _ in range(2):  # the first call builds the validator, the second reuses it: both check the same
+        message = CommonMessageData(method="m", msg_id=1)
+        message.msg_id = "not a number"  # type: ignore[assignment]  # set past pydantic's constructor
+        with pytest.raises(ValidationError):
+            message._validate()
+    with pytest.raises(TypeError):
+        betterproto2.Message._validate(object.__new__(type("Plain", (), {"_is_pydantic": lambda self: False})))
+
+
+async def test_a_burst_of_events_lets_other_tasks_run() -> None:
+    """_consume yields every YIELD_EVERY events, so a socket writer drains its queue during a burst."""
+    from types import SimpleNamespace
+
+    from ttboost.config import TikTokConfig
+    from ttboost.live.tiktok import _STOP, YIELD_EVERY
+
+    class Item:
+        pass
+
+    lib = SimpleNamespace(LiveEndEvent=type("LiveEnd", (), {}), ConnectEvent=type("Connect", (), {}),
+                          converters={Item: lambda _item: LiveEvent("chat")})
+    queue: asyncio.Queue[object] = asyncio.Queue()
+    for _ in range(YIELD_EVERY * 4):
+        queue.put_nowait(Item())
+    queue.put_nowait(_STOP)
+    delivered: list[int] = []
+    seen_by_other_task: list[int] = []
+
+    async def other_task() -> None:
+        while len(delivered) < YIELD_EVERY * 4:
+            seen_by_other_task.append(len(delivered))
+            await asyncio.sleep(0)
+
+    other = asyncio.create_task(other_task())
+    adapter = TikTokAdapter(TikTokConfig())
+    assert await adapter._consume(lib, queue, "streamer", lambda _e: delivered.append(1), lambda: None) is False
+    await other
+    assert len(delivered) == YIELD_EVERY * 4
+    # The other task ran between the chunks of the burst, not only before and after it.
+    assert any(0 < n < YIELD_EVERY * 4 for n in seen_by_other_task)

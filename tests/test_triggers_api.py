@@ -152,6 +152,7 @@ async def test_play_sound_needs_the_users_sound(make_client) -> None:
     ({"cooldown_seconds": -1}, "cooldown_seconds"),
     ({"trigger_name": "n" * 81}, "trigger_name"),
     ({"colour": "red"}, "colour"),
+    ({"id": 2**63}, "id"),  # past SQLite's INTEGER: was an OverflowError (500)
 ])
 async def test_validation_errors(make_client, patch: dict[str, Any], field: str) -> None:
     client = await make_client()
@@ -266,3 +267,17 @@ async def test_sound_usage_and_forced_disable(make_client) -> None:
     assert store.rules(user_id, "follow") == [] and len(store.rules(user_id, "gift")) == 1
     enabled = {t["id"]: t["enabled"] for t in await _list(client, token)}
     assert [enabled[i] for i in ids] == [False, False]
+
+
+@pytest.mark.parametrize("path", ["/v2/triggers/delete", "/v2/triggers/update-enabled"])
+async def test_ids_past_sqlite_integer_are_422(make_client, path: str) -> None:
+    client = await make_client()
+    _, token = await make_user(client.app)
+    for trigger_id in (2**63, 10**30):
+        resp = await client.post(path, json={"id": trigger_id, "enabled": True} if "enabled" in path
+                                 else {"id": trigger_id}, headers=bearer(token))
+        assert resp.status == 422, await resp.text()
+        assert list((await resp.json())["fields"]) == ["id"]
+    resp = await client.post(path, json={"id": 2**63 - 1, "enabled": True} if "enabled" in path
+                             else {"id": 2**63 - 1}, headers=bearer(token))
+    assert resp.status == 404  # the largest id SQLite holds is a valid request: just no such trigger

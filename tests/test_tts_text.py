@@ -103,3 +103,24 @@ def test_blocklist():
     assert not contains_blocked("хорошее слово", words)
     assert not contains_blocked("anything", ["", "   "])
     assert not contains_blocked("anything", [])
+
+
+def test_fast_character_filter_matches_the_character_loop():
+    """_filter_chars uses str.translate unless combining marks need the loop: both give the same text."""
+    import random
+
+    from ttboost.tts.text import _filter_chars, _filter_chars_each
+
+    rng = random.Random(3)
+    pools = ("abc XYZ 019 ,.!?:/-_@#$%^&*()<>~|\t\n\x00\x7f+=°№", "привет ёЁ", "😀🔥👍🏽❤️‍🔥™²½⁄€",
+             "\u0301\u0308\u20dd\ufe0f\u200d\u200c\u202e\ue000", "नमस्ते مَرحبا Tiếng ＦＵＬＬ　")
+    for _ in range(5000):
+        text = "".join(rng.choice(rng.choice(pools)) for _ in range(rng.randint(0, 40)))
+        assert _filter_chars(text) == _filter_chars_each(text), repr(text)
+    for code in range(0, 0x3000):
+        assert _filter_chars(f"a{chr(code)}b") == _filter_chars_each(f"a{chr(code)}b"), hex(code)
+
+
+def test_empty_blocklist_of_any_kind_blocks_nothing():
+    for empty in ([], (), set(), iter(())):
+        assert not contains_blocked("anything at all", empty)

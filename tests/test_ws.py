@@ -235,3 +235,70 @@ async def test_legacy_socket_of_key_only_account_is_a_demo(make_client, source) 
         frame = await recv(ws)
     assert source.started == []
     await ws.close()
+
+
+async def test_status_is_resent_when_the_replay_no_longer_holds_it(make_client, source) -> None:
+    client = await make_client(live_source=source, limits={"replay_events": 3})
+    _, token = await register(client)
+    ws = await client.ws_connect(f"/v2/ws?token={token}")
+    watch = await source.next_watch()
+    watch.connect()
+    connected = await recv_type(ws, "status", state="connected")
+    await ws.close()
+    await asyncio.sleep(0.05)
+    watch.emit(*(LiveEvent("chat", username="a", user_id="1", message=str(i)) for i in range(5)))
+    ws = await client.ws_connect(f"/v2/ws?token={token}&since=0")
+    frames = [await recv(ws) for _ in range(4)]
+    assert frames[0] == connected  # the current state, with its original seq, although trimmed
+    assert [f["message"] for f in frames[1:]] == ["2", "3", "4"]  # the 3 the buffer still holds
+    await ws.close()
+
+
+async def test_a_demo_socket_learns_the_idle_state_first(app_client) -> None:
+    _, token = await register(app_client)
+    ws = await app_client.ws_connect(f"/v2/ws?token={token}&demo=1")
+    first = await recv(ws)
+    assert (first["type"], first["state"], first["connected"]) == ("status", "idle", False)
+    await ws.close()
+
+
+async def test_a_watch_stopped_by_an_error_is_retried_when_the_app_returns(app_client, source) -> None:
+    from ttboost.live.errors import UserNotFound
+
+    _, token = await register(app_client)
+    ws = await app_client.ws_connect(f"/v2/ws?token={token}")
+    (await source.next_watch()).fail(UserNotFound("nobody"))
+    assert (await recv_type(ws, "error"))["code"] == "tiktok_user_not_found"
+    await recv_type(ws, "status", state="error")
+    await ws.close()
+    ws = await app_client.ws_connect(f"/v2/ws?token={token}")
+    retried = await source.next_watch()
+    assert retried.unique_id == "streamer"
+    await ws.close()
+
+
+async def test_viewer_counts_are_sent_only_when_they_change(app_client, source) -> None:
+    _, token = await register(app_client)
+    ws = await app_client.ws_connect(f"/v2/ws?token={token}")
+    watch = await source.next_watch()
+    watch.connect()
+    await recv_type(ws, "status", state="connected")
+    watch.emit(LiveEvent("viewer", current=12, total=40), LiveEvent("viewer", current=12, total=40),
+               LiveEvent("viewer", current=13, total=41), LiveEvent("chat", username="a", user_id="1", message="x"))
+    frames = [await recv(ws) for _ in range(3)]
+    assert [f["type"] for f in frames] == ["viewer", "viewer", "chat"]
+    assert [f.get("current") for f in frames[:2]] == [12, 13]
+    await ws.close()
+
+
+async def test_a_license_revoked_during_a_watch_stops_it(make_client, source) -> None:
+    client = await make_client(live_source=source, tiktok={"idle_stop_minutes": 0.01})  # checks every 0.15 s
+    _, token = await register(client)
+    ws = await client.ws_connect(f"/v2/ws?token={token}")
+    watch = await source.next_watch()
+    watch.connect()
+    await recv_type(ws, "status", state="connected")
+    await client.server.app[keys.DB].execute("UPDATE licenses SET status = 'revoked'")
+    assert (await recv_type(ws, "error"))["code"] == "license_expired"
+    assert watch.cancelled
+    await ws.close()

@@ -21,6 +21,7 @@ from .api import triggers as triggers_api
 from .api import tts as tts_api
 from .config import Config
 from .db import Database
+from .licenses import plan_for_user
 from .live.manager import LiveManager
 from .live.source import LiveSource
 from .media import MediaStore
@@ -126,7 +127,8 @@ def _live_ctx(source: LiveSource | None, backoff_min: float):
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         config = app[keys.CONFIG]
         bus = EventBus(app[keys.DB], replay_events=config.limits.replay_events,
-                       replay_seconds=config.limits.replay_seconds, language=config.server.language)
+                       replay_seconds=config.limits.replay_seconds, language=config.server.language,
+                       retention_seconds=config.storage.event_retention_days * 86400)
         await bus.start()
         dispatcher = Dispatcher(bus, app[keys.ACTIONS])
         if source is None:
@@ -135,7 +137,13 @@ def _live_ctx(source: LiveSource | None, backoff_min: float):
             live_source: LiveSource = TikTokAdapter(config.tiktok)
         else:
             live_source = source
-        live = LiveManager(live_source, dispatcher, app[keys.DB], config.tiktok, backoff_min=backoff_min)
+        db = app[keys.DB]
+
+        async def license_active(user_id: int) -> bool:
+            return (await plan_for_user(db, user_id)).active
+
+        live = LiveManager(live_source, dispatcher, db, config.tiktok, license_active=license_active,
+                           backoff_min=backoff_min)
         await live.start_reaper()
         app[keys.BUS], app[keys.DISPATCHER], app[keys.LIVE] = bus, dispatcher, live
         yield
@@ -173,7 +181,10 @@ def create_app(config: Config, *, live_source: LiveSource | None = None, tts_eng
     app.cleanup_ctx.append(_speech_ctx(tts_engine))
     app.cleanup_ctx.append(_rules_ctx)
     app.cleanup_ctx.append(_live_ctx(live_source, reconnect_min_seconds))
-    app.on_startup.append(openapi.build_on_startup)  # after every route (CORS too); a route without docs fails it
+    app[keys.OPENAPI] = openapi.OpenApiDocument()
+    # First at startup, before any resource opens: by then every route (CORS too) exists, and one without
+    # docs stops the server rather than silently missing from /v2/openapi.json.
+    app.on_startup.insert(0, openapi.check_on_startup)
     app.on_shutdown.append(_close_sockets)
 
     app.router.add_routes(health.routes)

@@ -28,7 +28,8 @@ Command = Callable[[Database, Config, argparse.Namespace], Awaitable[int]]
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="run.py", description="TTBoost server")
-    parser.add_argument("--config", default="config.toml", help="path of the TOML config (default config.toml)")
+    parser.add_argument("--config", default=None,
+                        help="path of the TOML config (default config.toml if it exists, else built-in defaults)")
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("serve", help="run the server (default)")
 
@@ -167,7 +168,9 @@ async def _run(command: Command, config: Config, args: argparse.Namespace) -> in
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     try:
-        config = load_config(args.config)
+        if args.config is not None and not Path(args.config).is_file():
+            raise ConfigError(f"config: {args.config} does not exist")  # a typo must not mean "all defaults"
+        config = load_config(args.config or "config.toml")
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Final, Mapping
 
 
 class ConfigError(Exception):
@@ -33,6 +35,7 @@ class ServerConfig:
 @dataclass(frozen=True, slots=True)
 class StorageConfig:
     data_dir: str = "data"
+    event_retention_days: float = 30.0  # events older than this are pruned from the event log; 0 keeps all
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,6 +229,26 @@ def _build_plans(raw: Any) -> tuple[PlanConfig, ...]:
     return tuple(plans)
 
 
+_ORIGIN_RE: Final = re.compile(r"https?://[^/\s?#]+")  # scheme://host[:port], nothing after
+
+
+def _check_urls(config: Config) -> None:
+    """Every URL the server returns is absolute, so the bases must be; origins and proxies must parse."""
+    for key in ("public_url", "media_url"):
+        value = getattr(config.server, key)
+        if value and not value.startswith(("http://", "https://")):
+            raise ConfigError(f"config: server.{key} must start with http:// or https:// (got {value!r})")
+    for origin in config.server.cors_origins:
+        if not _ORIGIN_RE.fullmatch(origin):
+            raise ConfigError(f"config: server.cors_origins entry {origin!r} must be like https://app.example.com")
+    for proxy in config.server.trusted_proxies:
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            raise ConfigError(f"config: server.trusted_proxies entry {proxy!r} is not an IP address or network") \
+                from None
+
+
 def load_config(path: str | os.PathLike[str] | None = "config.toml",
                 env: Mapping[str, str] | None = None) -> Config:
     """Reads the TOML file (if it exists), applies env overrides and validates everything."""
@@ -255,6 +278,7 @@ def load_config(path: str | os.PathLike[str] | None = "config.toml",
     for plan_id in config.auth.web_allowed_plans:
         if config.plan(plan_id) is None:
             raise ConfigError(f"config: auth.web_allowed_plans names unknown plan {plan_id!r}")
+    _check_urls(config)
     if config.auth.jwt_secret and len(config.auth.jwt_secret) < 32:
         raise ConfigError("config: auth.jwt_secret must be at least 32 characters (or empty to generate one)")
     if not 4 <= config.auth.bcrypt_rounds <= 16:

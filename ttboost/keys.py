@@ -11,6 +11,7 @@ if TYPE_CHECKING:  # keys only name types; importing them here would tie every m
     from .db import Database
     from .live.manager import LiveManager
     from .media import MediaStore
+    from .openapi import OpenApiDocument
     from .pipeline.actions import ActionEngine
     from .pipeline.bus import EventBus
     from .pipeline.dispatch import Dispatcher
@@ -39,6 +40,7 @@ BUS: Final = web.AppKey["EventBus"]("bus")
 DISPATCHER: Final = web.AppKey["Dispatcher"]("dispatcher")
 LIVE: Final = web.AppKey["LiveManager"]("live")
 SOCKETS: Final = web.AppKey["SocketRegistry"]("sockets")
+OPENAPI: Final = web.AppKey["OpenApiDocument"]("openapi")
 
 # Per-request storage.
 USER_ID: Final = web.RequestKey("user_id", int)  # the authenticated user, for the request log line

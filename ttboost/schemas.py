@@ -6,16 +6,26 @@ from typing import Any, Final
 
 from marshmallow import Schema, ValidationError, fields, post_load, validate
 
-from .accounts import check_password, normalize_username
+from .accounts import PASSWORD_MAX_BYTES, PASSWORD_MIN_BYTES, check_password, normalize_username
 from .security import normalize_license_key
 
 ORDER_ID_MAX: Final = 128  # characters (spec §3)
 TTL_DAYS_MAX: Final = 3650  # days (spec §3)
 LICENSE_KEY_MAX: Final = 64  # characters before normalization; real keys are 18
+AMOUNT_MAX: Final = 2**63 - 1  # minor units; SQLite's INTEGER holds no more
+
+
+def _with_docs(kwargs: dict[str, Any], **openapi: Any) -> dict[str, Any]:
+    """kwargs with OpenAPI keywords added to the field's metadata (the caller's own metadata wins)."""
+    return {**kwargs, "metadata": {**openapi, **kwargs.get("metadata", {})}}
 
 
 class Username(fields.String):
     """A TikTok handle, normalized on load (trim, leading @ removed, lower case) and checked."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        # The documented form is the normalized one; spaces around it, and upper case, are accepted too.
+        super().__init__(**_with_docs(kwargs, pattern=r"^@?[A-Za-z0-9._]{2,24}$"))
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
         text = super()._deserialize(value, attr, data, **kwargs)
@@ -28,6 +38,10 @@ class Username(fields.String):
 class Password(fields.String):
     """6-72 bytes of UTF-8 (bcrypt's limit)."""
 
+    def __init__(self, **kwargs: Any) -> None:
+        # In characters, as JSON Schema counts: 6 characters are at least 6 bytes; the 72 is exact for ASCII.
+        super().__init__(**_with_docs(kwargs, minLength=PASSWORD_MIN_BYTES, maxLength=PASSWORD_MAX_BYTES))
+
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
         text = super()._deserialize(value, attr, data, **kwargs)
         try:
@@ -38,6 +52,9 @@ class Password(fields.String):
 
 class LicenseKey(fields.String):
     """A license key as typed: upper-cased and stripped of spaces on load."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**_with_docs(kwargs, maxLength=LICENSE_KEY_MAX, pattern=r"\S"))
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
         text = super()._deserialize(value, attr, data, **kwargs)
@@ -100,12 +117,14 @@ class IssueWebSchema(Schema):
     order_id = fields.String(required=True, validate=validate.Length(min=1, max=ORDER_ID_MAX),
                              metadata={"description": "shop order id; the same order always gets the same key"})
     plan = fields.String(required=True, validate=validate.Length(min=1, max=64),
-                         metadata={"description": "plan id from the server config"})
+                         metadata={"description": "plan id from the server config",
+                                   "example": "nova_streamer_one_mobile"})
     ttl_days = fields.Integer(strict=True, load_default=30, validate=validate.Range(min=1, max=TTL_DAYS_MAX),
                               metadata={"description": "days from issue until the key expires (default 30)"})
     email = fields.Email(load_default=None, allow_none=True, validate=validate.Length(max=254),
                          metadata={"description": "buyer's e-mail, kept with the license"})
-    amount = fields.Integer(strict=True, load_default=None, allow_none=True, validate=validate.Range(min=0),
+    amount = fields.Integer(strict=True, load_default=None, allow_none=True,
+                            validate=validate.Range(0, AMOUNT_MAX),
                             metadata={"description": "amount paid, in minor units (cents, kopecks)"})
     currency = fields.String(load_default=None, allow_none=True,
                              validate=validate.Regexp(r"^[A-Za-z]{3}$", error="3 letters, e.g. USD"),

@@ -34,7 +34,8 @@ def normalize_license_key(raw: str) -> str:
 
 
 def constant_time_equals(given: str, expected: str) -> bool:
-    return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
+    # surrogateescape: a header's undecodable bytes (aiohttp keeps them as surrogates) compare as the bytes sent.
+    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode("utf-8", "surrogateescape"))
 
 
 class PasswordHasher:

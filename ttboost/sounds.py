@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Awaitable, Final, TypeVar
@@ -67,6 +68,14 @@ def sound_in_use(trigger_ids: list[int]) -> ApiError:
     return ApiError(409, "sound in use", "sound_in_use", extra={"trigger_ids": trigger_ids})
 
 
+def storage_failed(exc: OSError) -> ApiError:
+    """The media folder refused a write: 507 when the disk (or quota) is full, else 500; either way the client
+    learns that storing failed, not that it sent something wrong."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ApiError(507, "could not store the file: no space left", "storage_full")
+    return ApiError(500, "could not store the file", "storage_failed")
+
+
 async def upload(db: Database, store: MediaStore, user_id: int, data: bytes, client_name: str,
                  name_field: str | None, max_sounds: int, limits: LimitsConfig) -> Sound:
     """Validates the bytes as audio and stores them under a sanitized name; a same name replaces that sound.
@@ -108,7 +117,12 @@ async def _store(db: Database, store: MediaStore, user_id: int, filename: str, d
                     raise ApiError(403, "sound limit reached", "sound_limit_reached",
                                    extra={"max_sounds": max_sounds})
             # Holds the database for the write and fsync of ≤ 1 MiB (a few ms): the price of the ordering above.
-            await store.save(user_id, filename, data)
+            try:
+                await store.save(user_id, filename, data)
+            except OSError as exc:  # disk full, read-only or broken media folder: save() left no file behind
+                _LOGGER.error("sound %s of user %d could not be written under %s: %s", filename, user_id,
+                              store.root, exc)
+                raise storage_failed(exc) from exc
             saved = True
             await db.execute(
                 f"INSERT INTO sounds (user_id, {_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"
@@ -163,7 +177,12 @@ async def _delete(db: Database, store: MediaStore, triggers: TriggerStore, user_
                 disabled = await triggers.disable_for_sound(user_id, filename)
             # Unlinked inside the transaction, so an upload of the same name cannot slip in between and lose
             # its new file; only a failing COMMIT after this point could leave the row without its file.
-            await store.delete(user_id, filename)
+            try:
+                await store.delete(user_id, filename)
+            except OSError as exc:  # e.g. a read-only media folder: the row is kept (rolled back) with its file
+                _LOGGER.error("sound %s of user %d could not be removed from %s: %s", filename, user_id,
+                              store.root, exc)
+                raise storage_failed(exc) from exc
     except BaseException:
         if disabled:
             await triggers.refresh(user_id)  # the rules in memory were refreshed inside the rolled-back unit

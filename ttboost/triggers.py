@@ -30,6 +30,7 @@ NAME_MAX_CHARS: Final = 80  # characters
 TEMPLATE_MAX_CHARS: Final = 300  # characters
 TEXT_VALUE_MAX_CHARS: Final = 100  # characters of a text condition value
 INT_VALUE_MAX: Final = 1_000_000_000  # counts, diamonds, likes
+ID_MAX: Final = 2**63 - 1  # SQLite's INTEGER: a larger id matches no row and cannot even be a query parameter
 ACTIONS: Final = ("play_sound", "tts")
 PLACEHOLDERS: Final = ("user", "username", "message", "gift_name", "count", "diamonds", "likes")
 TEMPLATE_RE: Final = re.compile(r"\{([^{}]*)\}")
@@ -103,7 +104,7 @@ class TriggerSetSchema(Schema):
     """POST /v2/triggers/set. After load: condition_value is its stored text ("" for always) and
     action_params (when given) is checked against the action."""
 
-    id = fields.Integer(strict=True, allow_none=True, validate=validate.Range(min=1))
+    id = fields.Integer(strict=True, allow_none=True, validate=validate.Range(1, ID_MAX))
     event_type = fields.String(required=True, validate=validate.OneOf(TRIGGER_EVENT_TYPES))
     condition_key = fields.String(load_default="always")
     condition_value = fields.Raw(allow_none=True)
@@ -155,7 +156,7 @@ class TriggerSetSchema(Schema):
 
 
 class TriggerIdSchema(Schema):
-    id = fields.Integer(strict=True, required=True, validate=validate.Range(min=1))
+    id = fields.Integer(strict=True, required=True, validate=validate.Range(1, ID_MAX))
 
 
 class TriggerEnabledSchema(TriggerIdSchema):

@@ -9,6 +9,7 @@ import time
 from typing import Any, Final
 
 from aiohttp import WSCloseCode, WSMsgType, web
+from marshmallow import Schema, fields
 
 from . import keys
 from .api.common import bearer_token, user_for_token
@@ -16,6 +17,7 @@ from .errors import validation_error
 from .accounts import normalize_username
 from .licenses import plan_for_user
 from .messages import pick_language, text
+from .openapi import BEARER, QUERY_TOKEN, docs
 from .pipeline.bus import encode, frame_ts
 from .pipeline.demo import run_demo
 from .users import User
@@ -26,8 +28,24 @@ CLOSE_REPLACED: Final = 4001  # a newer connection of the same user took over
 CLOSE_LICENSE: Final = 4003  # no active license: no LIVE events
 CLOSE_TIMEOUT: Final = 5.0  # seconds to wait for the client's close reply
 MAX_CLIENT_MESSAGE: Final = 64 * 1024  # bytes; client messages are tiny JSON commands
+REPLY_DRAIN_SECONDS: Final = 5.0  # seconds the reader waits for its replies to drain before "too slow"
 
 routes = web.RouteTableDef()
+
+
+class WsQuerySchema(Schema):
+    """Query of GET /v2/ws (docs only: the handler reads the three values itself)."""
+
+    token = fields.String(metadata={"description": "access token (or send Authorization: Bearer)"})
+    since = fields.Integer(metadata={"description": "replay the buffered events after this seq", "minimum": 0})
+    demo = fields.String(metadata={"description": "1 or true: random chat/gift events instead of LIVE"})
+
+
+_WS_DESCRIPTION: Final = ("A WebSocket upgrade: frames as in spec §6. One connection per user; a newer one "
+                          "closes the older with 4001 `replaced`. Close codes: 4003 license_expired, 1008 too "
+                          "slow, 1001 server shutdown.")
+_WS_RESPONSES: Final = {101: "Switching Protocols: the WebSocket is open",
+                        400: "not a WebSocket handshake (no Upgrade header)"}
 
 
 class Connection:
@@ -43,6 +61,7 @@ class Connection:
         self._writer = asyncio.create_task(self._write(), name=f"ws-writer-{user.id}")
         self._closer: asyncio.Task[None] | None = None
         self._closing_after_flush = False
+        self._drained = asyncio.Event()  # set by the writer once the queue is down to a quarter
         self.demo: asyncio.Task[None] | None = None
 
     def deliver(self, frame: str) -> None:
@@ -68,6 +87,7 @@ class Connection:
         """Closes now; frames still queued are dropped."""
         if self._closer is None:
             self._writer.cancel()  # nothing more is sent; a slow client's pending frames are dropped
+            self._drained.set()  # a reader waiting in backpressure() goes on to see the close
             self._closer = asyncio.create_task(self._close(code, reason), name=f"ws-close-{self.user.id}")
 
     async def _close(self, code: int, reason: str) -> None:
@@ -82,11 +102,31 @@ class Connection:
                     self._closer = asyncio.create_task(self._close(*item), name=f"ws-close-{self.user.id}")
                     return
                 await self.ws.send_str(item)
+                if self._queue.qsize() <= self._queue_size // 4:
+                    self._drained.set()
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the peer went away mid-send
             _LOGGER.debug("ws user=%s: send failed: %s", self.user.id, exc)
             self.close(WSCloseCode.GOING_AWAY, "send failed")
+        finally:
+            self._drained.set()
+
+    async def backpressure(self) -> None:
+        """The reader calls this after each client message. Its replies go through the same bounded queue as
+        the events, and a burst of messages that arrived in one read is handled without the writer getting a
+        turn; so once half the queue is taken, the reader stops reading (TCP holds the client's next messages)
+        until the writer has sent it down to a quarter. Only a client that does not read its replies for
+        REPLY_DRAIN_SECONDS is too slow."""
+        if self._closer is not None or self._queue.qsize() < self._queue_size // 2:
+            return
+        self._drained.clear()
+        try:
+            await asyncio.wait_for(self._drained.wait(), REPLY_DRAIN_SECONDS)
+        except TimeoutError:
+            _LOGGER.warning("ws user=%s: replies not read for %.0f s, closing a too slow client", self.user.id,
+                            REPLY_DRAIN_SECONDS)
+            self.close(WSCloseCode.POLICY_VIOLATION, "too slow")
 
     async def release(self) -> None:
         """Cancels and awaits everything this connection started."""
@@ -141,6 +181,8 @@ def _since(raw: Any) -> int | None:
 
 
 @routes.get("/v2/ws")
+@docs("The app's WebSocket: LIVE events, status and replay", tags=["websocket"], security=(BEARER, QUERY_TOKEN),
+      query=WsQuerySchema, description=_WS_DESCRIPTION, responses=_WS_RESPONSES)
 async def ws_v2(request: web.Request) -> web.StreamResponse:
     token = request.query.get("token") or bearer_token(request)
     user = await user_for_token(request, token)  # refused with 401 before the upgrade
@@ -152,6 +194,10 @@ async def ws_v2(request: web.Request) -> web.StreamResponse:
 
 
 @routes.get("/ws/{token}")
+@docs("Legacy WebSocket of the first mobile build (demo events when no TikTok username is set)",
+      tags=["websocket", "legacy"], security=(), path={"token": "the ws_token from POST /auth/login"},
+      description=_WS_DESCRIPTION,
+      responses={**_WS_RESPONSES, 401: "invalid token (refused before the upgrade)"})
 async def ws_legacy(request: web.Request) -> web.StreamResponse:
     user = await user_for_token(request, request.match_info["token"])
     settings = await request.app[keys.SETTINGS].get(user.id)
@@ -187,6 +233,7 @@ async def _serve(request: web.Request, user: User, *, demo: bool, since: int | N
                 await _handle(app, conn, msg.data)
             elif msg.type is WSMsgType.BINARY:
                 conn.send_local("error", code="bad_request", message=text("bad_request", language))
+            await conn.backpressure()
     finally:
         bus.detach(user.id, conn)
         registry.remove(conn)
@@ -205,17 +252,20 @@ async def _start_stream(app: web.Application, conn: Connection, *, since: int, d
     bus = app[keys.BUS]
     _replay(app, conn, since)
     bus.attach(user_id, conn)
+    settings = await app[keys.SETTINGS].get(user_id)
+    session = app[keys.LIVE].session(user_id)
+    # A watch that ended in an error (user not found, blocked) gets a new try when the app comes back:
+    # the streamer may have fixed the username or the block in between.
+    watch = (not demo and (session is None or not session.running) and settings.get("auto_connect")
+             and settings.get("tiktok_username"))
+    if watch:
+        await app[keys.LIVE].start(user_id, settings["tiktok_username"])
+    elif bus.get(user_id).state is None:  # type: ignore[union-attr]
+        await _report_idle(app, user_id)  # every socket learns a state first, demo ones too
     if demo:
         limits = app[keys.CONFIG].limits
         conn.demo = asyncio.create_task(run_demo(app[keys.DISPATCHER], user_id, limits.demo_min_seconds,
                                                  limits.demo_max_seconds), name=f"demo-{user_id}")
-        return
-    settings = await app[keys.SETTINGS].get(user_id)
-    session = app[keys.LIVE].session(user_id)
-    if session is None and settings.get("auto_connect") and settings.get("tiktok_username"):
-        await app[keys.LIVE].start(user_id, settings["tiktok_username"])
-    elif session is None and bus.get(user_id).state is None:  # type: ignore[union-attr]
-        await _report_idle(app, user_id)
 
 
 async def _report_idle(app: web.Application, user_id: int) -> None:
@@ -227,10 +277,13 @@ def _replay(app: web.Application, conn: Connection, since: int) -> None:
     bus = app[keys.BUS]
     channel = bus.get(conn.user.id)
     assert channel is not None
-    # The current state always reaches a new socket, once, with its original seq, before newer frames.
-    if channel.last_status is not None and channel.last_status[0] <= since:
+    frames = bus.replay(conn.user.id, since)  # trims the buffer first
+    oldest = channel.buffer[0][0] if channel.buffer else channel.seq + 1
+    # The current state always reaches a new socket, once, with its original seq, before newer frames: when
+    # the replay does not carry it (already seen, or trimmed out of the buffer).
+    if channel.last_status is not None and (channel.last_status[0] <= since or channel.last_status[0] < oldest):
         conn.deliver(channel.last_status[1])
-    for frame in bus.replay(conn.user.id, since):
+    for frame in frames:
         conn.deliver(frame)
 
 

@@ -8,8 +8,11 @@ from aiohttp import web
 
 from .. import accounts, keys, licenses
 from ..errors import ApiError, json_response
+from ..openapi import docs
 from ..schemas import LegacyLoginSchema, LoginSchema, PasswordChangeSchema, RedeemLicenseSchema
 from .common import authenticate, limit_by_ip, load_body
+from .responses import (IP_RATE_LIMITED, LICENSE_ERRORS, LegacyLoginResponseSchema, MeSchema,
+                        TokenResponseSchema)
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -17,6 +20,10 @@ routes = web.RouteTableDef()
 
 
 @routes.post("/v2/auth/redeem-license")
+@docs("First login with a license key (creates the account, or logs in and binds the key)", tags=["auth"],
+      security=(), body=RedeemLicenseSchema,
+      responses={200: TokenResponseSchema, 401: "invalid credentials (existing account, wrong password)",
+                 **LICENSE_ERRORS, 429: IP_RATE_LIMITED, 503: "busy, try again (the account changed meanwhile)"})
 async def redeem_license(request: web.Request) -> web.Response:
     limit_by_ip(request, "auth")
     body = await load_body(request, RedeemLicenseSchema())
@@ -30,6 +37,8 @@ async def redeem_license(request: web.Request) -> web.Response:
 
 
 @routes.post("/v2/auth/login")
+@docs("Log in with username and password", tags=["auth"], security=(), body=LoginSchema,
+      responses={200: TokenResponseSchema, 401: "invalid credentials", 429: IP_RATE_LIMITED})
 async def login(request: web.Request) -> web.Response:
     limit_by_ip(request, "auth")
     body = await load_body(request, LoginSchema())
@@ -40,6 +49,8 @@ async def login(request: web.Request) -> web.Response:
 
 
 @routes.get("/v2/auth/me")
+@docs("The logged-in account, its license and settings", tags=["auth"],
+      responses={200: MeSchema, 429: "too many failed attempts from this IP; see Retry-After"})
 async def me(request: web.Request) -> web.Response:
     # The app polls /me with a valid token; only failed attempts (token guessing) count against the
     # per-IP auth limit, or a polling app would lock itself out.
@@ -67,6 +78,9 @@ async def me(request: web.Request) -> web.Response:
 
 
 @routes.post("/v2/auth/password")
+@docs("Change the password; every earlier token is revoked and a new one returned", tags=["auth"],
+      body=PasswordChangeSchema, responses={200: TokenResponseSchema, 401: "invalid token | invalid credentials",
+                                            429: IP_RATE_LIMITED})
 async def change_password(request: web.Request) -> web.Response:
     limit_by_ip(request, "auth")
     user = await authenticate(request)
@@ -78,6 +92,9 @@ async def change_password(request: web.Request) -> web.Response:
 
 
 @routes.post("/auth/login")
+@docs("Legacy login with the license key alone (first mobile build)", tags=["legacy"], security=(),
+      body=LegacyLoginSchema, responses={200: LegacyLoginResponseSchema, 403: LICENSE_ERRORS[403],
+                                         404: LICENSE_ERRORS[404], 429: IP_RATE_LIMITED})
 async def legacy_login(request: web.Request) -> web.Response:
     limit_by_ip(request, "auth")
     body = await load_body(request, LegacyLoginSchema())

@@ -9,8 +9,10 @@ from marshmallow import Schema, fields, validate
 
 from .. import keys
 from ..errors import json_response
+from ..openapi import docs
 from ..pipeline.events import TRIGGER_EVENT_TYPES, LiveEvent
 from .common import authenticate, limit_by_user, load_body
+from .responses import USER_RATE_LIMITED, SimulatedSchema
 
 SIMULATED_USER_ID: Final = "0"  # TikTok ids are never 0: simulated viewers cannot collide with real ones
 
@@ -47,6 +49,8 @@ def simulated_event(data: dict[str, Any]) -> LiveEvent:
 
 
 @routes.post("/v2/events/simulate")
+@docs("Run a fake LIVE event through the real pipeline (the app's \"test this trigger\")", tags=["events"],
+      body=SimulateSchema, responses={200: SimulatedSchema, 429: USER_RATE_LIMITED})
 async def simulate(request: web.Request) -> web.Response:
     user = await authenticate(request)
     limit_by_user(request, "simulate", user)

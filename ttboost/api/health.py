@@ -9,6 +9,8 @@ from aiohttp import web
 
 from .. import __version__, keys
 from ..errors import json_response
+from ..openapi import docs
+from .responses import HealthSchema
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -16,6 +18,8 @@ routes = web.RouteTableDef()
 
 
 @routes.get("/health")
+@docs("Liveness for monitors", tags=["meta"], security=(),
+      responses={200: HealthSchema, 503: HealthSchema})
 async def health(request: web.Request) -> web.Response:
     app = request.app
     try:

@@ -8,9 +8,11 @@ from aiohttp import web
 
 from .. import accounts, keys, licenses
 from ..errors import ApiError, json_response
+from ..openapi import WEB_API_KEY, docs
 from ..schemas import IssueWebSchema, RedeemSchema
 from ..security import constant_time_equals
 from .common import authenticate, load_body
+from .responses import LICENSE_ERRORS, IssuedLicenseSchema, RedeemedSchema
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -28,6 +30,10 @@ def _check_web_api_key(request: web.Request) -> None:
 
 
 @routes.post("/v2/license/issue-web")
+@docs("Issue a license key for a web shop order (idempotent by order_id)", tags=["license"],
+      security=(WEB_API_KEY,), body=IssueWebSchema,
+      responses={200: IssuedLicenseSchema, 401: "invalid api key (Web-Api-Key header missing or wrong)",
+                 403: "plan not allowed", 503: "web issuing disabled (no key configured)"})
 async def issue_web(request: web.Request) -> web.Response:
     _check_web_api_key(request)
     body = await load_body(request, IssueWebSchema())
@@ -39,6 +45,8 @@ async def issue_web(request: web.Request) -> web.Response:
 
 
 @routes.post("/v2/license/redeem")
+@docs("Bind another license key to the logged-in account (renewal)", tags=["license"], body=RedeemSchema,
+      responses={200: RedeemedSchema, **LICENSE_ERRORS})
 async def redeem(request: web.Request) -> web.Response:
     user = await authenticate(request)
     body = await load_body(request, RedeemSchema())

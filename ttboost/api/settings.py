@@ -6,13 +6,18 @@ from aiohttp import web
 
 from .. import keys
 from ..errors import json_response
+from ..openapi import docs
+from ..settings import SettingsUpdateSchema
 from .common import authenticate, load_body
+from .responses import SettingsResponseSchema
 
 routes = web.RouteTableDef()
 
 
 @routes.get("/v2/settings")
 @routes.get("/v2/settings/get")
+@docs("The streamer's settings (also at /v2/settings/get)", tags=["settings"],
+      responses={200: SettingsResponseSchema})
 async def get_settings(request: web.Request) -> web.Response:
     user = await authenticate(request)
     settings = await request.app[keys.SETTINGS].get(user.id)
@@ -20,6 +25,8 @@ async def get_settings(request: web.Request) -> web.Response:
 
 
 @routes.post("/v2/settings/update")
+@docs("Change any subset of the settings", tags=["settings"], body=SettingsUpdateSchema,
+      responses={200: SettingsResponseSchema})
 async def update_settings(request: web.Request) -> web.Response:
     user = await authenticate(request)
     store = request.app[keys.SETTINGS]

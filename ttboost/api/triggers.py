@@ -8,9 +8,11 @@ from aiohttp import web
 
 from .. import keys, licenses
 from ..errors import json_response
+from ..openapi import docs
 from ..triggers import TriggerEnabledSchema, TriggerIdSchema, TriggerSetSchema
 from ..users import User
 from .common import authenticate, limit_by_user, load_body
+from .responses import USER_RATE_LIMITED, OkSchema, TriggerListSchema, TriggerResponseSchema
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -30,6 +32,13 @@ async def _max_triggers(request: web.Request, user: User) -> int:
 
 
 @routes.post("/v2/triggers/set")
+@docs("Create or update a trigger (upsert on event_type + condition; with id: update that one)", tags=["triggers"],
+      body=TriggerSetSchema,
+      description="action_params: for play_sound `{sound_filename, volume?}`, for tts `{text_template, voice_id?}` "
+                  "with placeholders {user} {username} {message} {gift_name} {count} {diamonds} {likes}.",
+      responses={200: TriggerResponseSchema, 403: "trigger limit reached (the plan's max_triggers)",
+                 404: "not found (no such trigger id) | sound file not found",
+                 409: "a trigger with this condition already exists (its id in `id`)", 429: USER_RATE_LIMITED})
 async def set_trigger(request: web.Request) -> web.Response:
     user = await _user(request)
     body = await load_body(request, TriggerSetSchema(voice_known=request.app[keys.SETTINGS].voice_known))
@@ -41,6 +50,7 @@ async def set_trigger(request: web.Request) -> web.Response:
 
 
 @routes.get("/v2/triggers/list")
+@docs("The streamer's triggers", tags=["triggers"], responses={200: TriggerListSchema, 429: USER_RATE_LIMITED})
 async def list_triggers(request: web.Request) -> web.Response:
     user = await _user(request)
     triggers = await request.app[keys.TRIGGERS].list(user.id)
@@ -48,6 +58,8 @@ async def list_triggers(request: web.Request) -> web.Response:
 
 
 @routes.post("/v2/triggers/delete")
+@docs("Delete a trigger", tags=["triggers"], body=TriggerIdSchema,
+      responses={200: OkSchema, 404: "not found", 429: USER_RATE_LIMITED})
 async def delete_trigger(request: web.Request) -> web.Response:
     user = await _user(request)
     body = await load_body(request, TriggerIdSchema())
@@ -56,6 +68,8 @@ async def delete_trigger(request: web.Request) -> web.Response:
 
 
 @routes.post("/v2/triggers/update-enabled")
+@docs("Enable or disable a trigger", tags=["triggers"], body=TriggerEnabledSchema,
+      responses={200: TriggerResponseSchema, 404: "not found", 429: USER_RATE_LIMITED})
 async def update_enabled(request: web.Request) -> web.Response:
     user = await _user(request)
     body = await load_body(request, TriggerEnabledSchema())

@@ -74,5 +74,6 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             payload TEXT NOT NULL
         )""",
         "CREATE INDEX events_user_seq ON events(user_id, seq)",
+        "CREATE INDEX events_ts ON events(ts)",  # retention pruning
     ),
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Callable
+from typing import Awaitable, Callable
 
 from ..config import TikTokConfig
 from ..db import Database
@@ -19,10 +19,12 @@ _LOGGER = logging.getLogger(__name__)
 
 class LiveManager:
     def __init__(self, source: LiveSource, dispatcher: Dispatcher, db: Database, config: TikTokConfig, *,
-                 backoff_min: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+                 license_active: Callable[[int], Awaitable[bool]], backoff_min: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._source = source
         self._dispatcher = dispatcher
         self._db = db
+        self._license_active = license_active
         self._clock = clock
         self._idle_seconds = config.idle_stop_minutes * 60
         self._timing = SessionTiming(live_check=config.live_check_seconds, backoff_min=backoff_min,
@@ -73,6 +75,17 @@ class LiveManager:
             if session is not None:
                 await session.stop()
 
+    async def _stop_unlicensed(self) -> None:
+        for user_id in [uid for uid, s in self._sessions.items() if s.running]:
+            try:
+                if await self._license_active(user_id):
+                    continue
+                _LOGGER.info("live user=%s: license no longer active, stopping the watch", user_id)
+                await self.stop(user_id)
+                self._dispatcher.error(user_id, "license_expired")
+            except Exception:
+                _LOGGER.exception("license check of user %s failed", user_id)
+
     def app_connected(self, user_id: int) -> None:
         self._apps[user_id] = self._apps.get(user_id, 0) + 1
         self._left_at.pop(user_id, None)
@@ -86,10 +99,12 @@ class LiveManager:
             self._left_at[user_id] = self._clock()
 
     async def _reap(self) -> None:
-        """Stops sessions nobody has watched for idle_stop_minutes (a forgotten stream costs sign calls)."""
+        """Stops sessions nobody has watched for idle_stop_minutes (a forgotten stream costs sign calls), and
+        sessions whose license expired or was revoked since they started."""
         interval = max(0.05, min(30.0, self._idle_seconds / 4))
         while True:
             await asyncio.sleep(interval)
+            await self._stop_unlicensed()
             now = self._clock()
             for user_id, left in list(self._left_at.items()):
                 if now - left >= self._idle_seconds and user_id in self._sessions:

@@ -51,6 +51,7 @@ class LiveSession:
         self._new_stream = True  # the next connect starts a new LIVE (resets per-stream trigger state)
         self.state = "idle"
         self._retry_in: float | None = None
+        self._viewers: tuple[int, int] | None = None  # the last viewer counts sent
 
     @property
     def running(self) -> bool:
@@ -88,8 +89,10 @@ class LiveSession:
                 self._connected_at = None
                 try:
                     await self._source.watch(self.tiktok_username, self._on_event, self._on_connected)
-                except UserOffline:
+                except UserOffline as exc:
                     self._new_stream = True
+                    if self.state != "waiting_for_live":  # once per wait, not per re-check
+                        self._dispatcher.error(self.user_id, exc.code, user=self.tiktok_username)
                     self._set_state("waiting_for_live", self._timing.live_check)
                     await asyncio.sleep(self._timing.live_check)
                     continue
@@ -154,6 +157,11 @@ class LiveSession:
         return stream.id
 
     def _on_event(self, event: LiveEvent) -> None:
+        if event.type == "viewer":  # TikTok repeats the count every few seconds; the app wants changes only
+            counts = (event.current, event.total)
+            if counts == self._viewers:
+                return
+            self._viewers = counts
         for ready in self._combos.feed(event, self._clock()):
             self._dispatcher.dispatch(self.user_id, ready)
         self._arm_combo_timer()

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import sys
 import time
+from importlib.metadata import version
 from types import SimpleNamespace
 from typing import Any, Callable, Final
 
@@ -23,6 +24,12 @@ _DEFAULT_RETRY_AFTER: Final = 60.0  # seconds to wait after a 429 that names no 
 _UNIX_TIME_FLOOR: Final = 1_000_000_000  # a RateLimit-Reset above this is a timestamp, not seconds
 _STOP: Final = object()  # queued after the library's connection task has finished
 _CLEAN_CLOSE_CODES: Final = frozenset({1000, 1001, 1005})  # normal, going away, no status: websockets' OK
+# Events delivered in a row before the consumer lets other tasks run. queue.get() does not suspend while events
+# are waiting, so without this a burst (TikTok batches many messages per frame; a stalled process catches up)
+# is dispatched whole before any socket writer runs, and a burst above limits.ws_send_queue would close a
+# client that is reading fine as "too slow". Well under the default queue of 256 frames.
+YIELD_EVERY: Final = 32
+_BETTERPROTO2_WITH_SLOW_VALIDATE: Final = "0.9.1"  # see _reuse_validators
 
 
 def _import_library() -> SimpleNamespace:
@@ -34,11 +41,48 @@ def _import_library() -> SimpleNamespace:
     from TikTokLive.client.web.web_settings import WebDefaults
     # The protocol class TikTokLive's connection uses (websockets' legacy client, loaded by it above).
     from websockets.legacy.client import WebSocketClientProtocol
+    _reuse_validators()
     return SimpleNamespace(
         httpx=httpx, errors=errors, TikTokLiveClient=TikTokLiveClient, WebDefaults=WebDefaults,
         WebSocketClientProtocol=WebSocketClientProtocol, ConnectEvent=events.ConnectEvent,
         LiveEndEvent=events.LiveEndEvent, converters=_conversions(events),
     )
+
+
+def _reuse_validators() -> None:
+    """Makes betterproto2 reuse one pydantic validator per message class instead of building one per message.
+
+    TikTokLive's protobuf classes are pydantic dataclasses, and betterproto2 0.9.1 validates every parsed
+    message (and each nested one) with `pydantic_core.SchemaValidator(schema)` built anew on each call: about
+    a third of the CPU a LIVE event costs the server (profile in bench/README.md). The replacement validates
+    the same dict against a validator of the same schema, so the checks and errors are the library's own. It is
+    installed for that release only; any other keeps its own method.
+    """
+    import betterproto2
+    import pydantic_core
+
+    message = betterproto2.Message
+    if getattr(message._validate, "ttboost_reuses_validators", False):
+        return
+    if version("betterproto2") != _BETTERPROTO2_WITH_SLOW_VALIDATE:
+        _LOGGER.debug("betterproto2 %s: keeping its own Message._validate", version("betterproto2"))
+        return
+    validators: dict[type, tuple[Any, Any]] = {}  # class → (its core schema, a validator built from it)
+
+    def _validate(self: Any) -> None:
+        cls = type(self)
+        cached = validators.get(cls)
+        if cached is None or cached[0] is not cls.__pydantic_core_schema__:
+            if not self._is_pydantic():
+                raise TypeError("Validation is only available for pydantic dataclasses.")
+            schema = cls.__pydantic_core_schema__
+            cached = validators[cls] = (schema, pydantic_core.SchemaValidator(schema))
+        data = self.__dict__.copy()
+        del data["_unknown_fields"]
+        cached[1].validate_python(data)
+
+    _validate.ttboost_reuses_validators = True  # type: ignore[attr-defined]
+    message._validate = _validate  # type: ignore[method-assign]
 
 
 async def _load_library() -> SimpleNamespace:
@@ -129,7 +173,11 @@ class TikTokAdapter:
         on_connected: Callable[[], None],
     ) -> bool:
         """Delivers queued events until the task ends (False) or TikTok says the LIVE ended (True)."""
+        delivered = 0
         while True:
+            if delivered >= YIELD_EVERY:
+                delivered = 0
+                await asyncio.sleep(0)
             item = await queue.get()
             if item is _STOP:
                 return False
@@ -147,6 +195,7 @@ class TikTokAdapter:
                                 exc_info=True)
                 continue
             on_event(event)
+            delivered += 1
 
 
 def _unclean_close(protocol: Any) -> int | None:

@@ -12,6 +12,7 @@ from urllib.parse import quote
 from ..triggers import CONDITIONS, Trigger, render_template
 from ..tts.text import clean_text, contains_blocked
 from .events import LiveEvent
+from .rules import Compiled, Context, compile_rules, matching
 
 if TYPE_CHECKING:
     from ..settings import SettingsStore
@@ -73,17 +74,6 @@ class _User:
     cooldowns: _Lru[tuple[int, str], float] = field(default_factory=_Lru)  # (trigger, viewer or "") → fired at
 
 
-@dataclass(slots=True)
-class _Context:
-    """One event's derived numbers, computed once before matching."""
-
-    viewer: str
-    viewer_likes_before: int = 0
-    viewer_likes: int = 0
-    total_before: int = 0
-    total: int = 0
-
-
 class ActionEngine:
     """Runs the spec's trigger matching and default chat speech; `apply` is synchronous and never raises."""
 
@@ -97,6 +87,8 @@ class ActionEngine:
         self._clock = clock
         self._users: dict[int, _User] = {}
         self._unprepared_logged: set[int] = set()
+        # (user, event type) → the rule list it was compiled from, and the compiled rules (see _plan).
+        self._plans: dict[tuple[int, str], tuple[list[Trigger], list[Compiled]]] = {}
 
     async def prepare(self, user_id: int) -> None:
         await self._settings.prepare(user_id)
@@ -133,9 +125,8 @@ class ActionEngine:
         state = self._user(user_id)
         ctx = _track(state.stream, event)
         now = self._clock()
-        for trigger in self._triggers.rules(user_id, event.type):
-            if not self._active(trigger, settings) or not _holds(trigger, event, ctx):
-                continue
+        sound_ok, speech_ok = self._switches(event.type, settings)
+        for trigger in matching(self._plan(user_id, event.type), event, ctx, sound_ok, speech_ok):
             viewer = ctx.viewer if event.type in PER_VIEWER_COOLDOWN else ""
             once_key = (trigger.id, ctx.viewer)
             if trigger.once_per_stream and once_key in state.stream.once:
@@ -153,15 +144,23 @@ class ActionEngine:
         if event.type == "chat":
             self._speak_chat(state, event, ctx, settings)
 
-    def _active(self, trigger: Trigger, settings: Mapping[str, Any]) -> bool:
-        """Whether the streamer's switches let this trigger act at all; a switched-off one is passed over."""
-        if trigger.event_type == "viewer_join" and not settings["join_sound_enabled"]:
-            return False
-        if trigger.action == "play_sound":
-            return trigger.event_type != "gift" or bool(settings["gift_sounds_enabled"])
-        return bool(settings["tts_enabled"]) and self._speech is not None
+    def _plan(self, user_id: int, event_type: str) -> list[Compiled]:
+        """The user's rules of this type, compiled once per version: TriggerStore swaps in new lists on change."""
+        rules = self._triggers.rules(user_id, event_type)
+        cached = self._plans.get((user_id, event_type))
+        if cached is None or cached[0] is not rules or len(cached[1]) != len(rules):
+            cached = self._plans[(user_id, event_type)] = (rules, compile_rules(rules))
+        return cached[1]
 
-    def _fire(self, user_id: int, trigger: Trigger, event: LiveEvent, ctx: _Context,
+    def _switches(self, event_type: str, settings: Mapping[str, Any]) -> tuple[bool, bool]:
+        """Whether the streamer's switches let a play_sound / a tts trigger of event_type act at all; a
+        switched-off trigger is passed over. The same for every rule of a type, so decided once per event."""
+        if event_type == "viewer_join" and not settings["join_sound_enabled"]:
+            return False, False
+        return (event_type != "gift" or bool(settings["gift_sounds_enabled"]),
+                bool(settings["tts_enabled"]) and self._speech is not None)
+
+    def _fire(self, user_id: int, trigger: Trigger, event: LiveEvent, ctx: Context,
               settings: Mapping[str, Any]) -> None:
         params = trigger.action_params
         if trigger.action == "play_sound":
@@ -174,7 +173,7 @@ class ActionEngine:
         if cleaned and not contains_blocked(text, blocklist) and not contains_blocked(cleaned, blocklist):
             self._speak(event, cleaned, params.get("voice_id") or settings["voice_id"], settings, sheddable=False)
 
-    def _speak_chat(self, state: _User, event: LiveEvent, ctx: _Context, settings: Mapping[str, Any]) -> None:
+    def _speak_chat(self, state: _User, event: LiveEvent, ctx: Context, settings: Mapping[str, Any]) -> None:
         mode = settings["chat_tts_mode"]
         if not settings["tts_enabled"] or self._speech is None or mode == "off":
             return
@@ -215,9 +214,9 @@ def _viewer(event: LiveEvent) -> str:
     return event.user_id or event.username.strip().lower()
 
 
-def _track(stream: _Stream, event: LiveEvent) -> _Context:
+def _track(stream: _Stream, event: LiveEvent) -> Context:
     """Updates the per-stream counters with this event, before any trigger looks at them."""
-    ctx = _Context(viewer=_viewer(event))
+    ctx = Context(viewer=_viewer(event))
     if event.type == "gift" and ctx.viewer:
         stream.diamonds.put(ctx.viewer, stream.diamonds.get(ctx.viewer, 0) + max(event.diamonds, 0))
     elif event.type == "like":
@@ -235,34 +234,7 @@ def _track(stream: _Stream, event: LiveEvent) -> _Context:
     return ctx
 
 
-def _holds(trigger: Trigger, event: LiveEvent, ctx: _Context) -> bool:
-    key, value = trigger.condition_key, trigger.condition_value
-    if key == "always":
-        return True
-    if key == "username":
-        return event.username.strip().removeprefix("@").lower() == value
-    if key == "message_contains":
-        return str(value).casefold() in event.message.casefold()
-    if key == "message_starts_with":
-        return event.message.lstrip().startswith(str(value))
-    if key == "gift_name":
-        return event.gift_name.strip().casefold() == str(value).casefold()
-    assert isinstance(value, int)
-    if key == "gift_id":
-        return event.gift_id == value
-    if key == "min_count":
-        return event.count >= value
-    if key == "min_diamonds":
-        return event.diamonds >= value
-    if key == "min_likes":  # once per viewer per stream: only the event that reaches n
-        return ctx.viewer_likes_before < value <= ctx.viewer_likes
-    if key == "every_likes":
-        return ctx.total // value > ctx.total_before // value
-    _LOGGER.warning("trigger %d has unknown condition %r; skipped", trigger.id, key)
-    return False
-
-
-def _template_values(trigger: Trigger, event: LiveEvent, ctx: _Context) -> dict[str, Any]:
+def _template_values(trigger: Trigger, event: LiveEvent, ctx: Context) -> dict[str, Any]:
     # {likes} means what the condition counted: the stream total for every_likes, the viewer's sum for
     # min_likes, else the likes of this burst.
     likes = {"every_likes": ctx.total, "min_likes": ctx.viewer_likes}.get(trigger.condition_key, event.count)

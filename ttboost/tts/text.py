@@ -10,6 +10,7 @@ LINK_WORD: Final = "link"  # one word for every URL; Russian voices read it fine
 MAX_REPEAT: Final = 3  # characters: "!!!" and "ааа" still sound emphatic, "!!!!!!!" is spam
 MAX_MARKS: Final = 4  # combining marks on one letter: enough for Devanagari, Arabic, Vietnamese; stops "Zalgo"
 RAW_FACTOR: Final = 8  # raw input beyond max_chars × this is ignored: bounds CPU per message on the event loop
+CHAR_TABLE_MAX: Final = 4096  # characters whose fate _filter_chars remembers (ASCII, Cyrillic, common emoji…)
 
 # Symbols that voices read as words ("+", "=", "25°", "№5"); currency signs (category Sc) are kept too.
 _KEEP_SYMBOLS: Final = frozenset("+=°№")
@@ -25,6 +26,7 @@ _URL_RE: Final = re.compile(
 _REPEAT_RE: Final = re.compile(rf"(\D)\1{{{MAX_REPEAT},}}")  # digits are exempt: 1000000 is a number
 _NFKC_KEEP_RE: Final = re.compile("([№²³™])")
 _SQUEEZE_RE: Final = re.compile(r"(.)\1+")
+_ASCII_ALNUM_RE: Final = re.compile(r"[A-Za-z0-9]")  # the ASCII characters of Unicode categories L and N
 
 
 def clean_text(text: str, max_chars: int) -> str:
@@ -39,7 +41,8 @@ def clean_text(text: str, max_chars: int) -> str:
     if max_chars <= 0 or not text:
         return ""
     text = _nfkc(text[: max_chars * RAW_FACTOR])
-    text = _URL_RE.sub(f" {LINK_WORD}", text)  # what follows a URL is already a space or punctuation
+    if "." in text or "://" in text:  # every URL form has one of them: most chat lines skip the regex
+        text = _URL_RE.sub(f" {LINK_WORD}", text)  # what follows a URL is already a space or punctuation
     text = " ".join(_filter_chars(text).split())
     text = _REPEAT_RE.sub(lambda m: m.group(1) * MAX_REPEAT, text)
     text = _cut(text, max_chars)
@@ -53,6 +56,8 @@ def contains_blocked(text: str, blocklist: Iterable[str]) -> bool:
     checked with every run of a repeated character squeezed to one, so "baaaad" is caught by "bad"; "ё" counts
     as "е". The price is the usual one of substring filters (a short entry matches inside innocent words).
     """
+    if isinstance(blocklist, (list, tuple)) and not blocklist:
+        return False  # the usual case (no list set): skip folding the text
     haystack = _fold(text)
     squeezed = _SQUEEZE_RE.sub(r"\1", haystack)
     for entry in blocklist:
@@ -62,7 +67,50 @@ def contains_blocked(text: str, blocklist: Iterable[str]) -> bool:
     return False
 
 
+class _Marks(Exception):
+    """The text has a combining mark: what happens to it depends on the characters before it."""
+
+
+class _CharTable(dict[int, "int | str | None"]):
+    """ord → what _filter_chars_each does with that character (kept, a space, or dropped), for str.translate.
+
+    Filled on first sight, up to CHAR_TABLE_MAX entries; a combining mark raises _Marks instead of an answer.
+    """
+
+    def __missing__(self, code: int) -> int | str | None:
+        ch = chr(code)
+        category = unicodedata.category(ch)
+        major = category[0]
+        result: int | str | None
+        if major == "M":
+            raise _Marks
+        if major in "LN" or major == "P" or category == "Sc" or ch in _KEEP_SYMBOLS:
+            result = code
+        elif major in "SZ" or ch in "\t\n\r\v\f":
+            result = " "
+        else:
+            result = None
+        if len(self) < CHAR_TABLE_MAX:
+            self[code] = result
+        return result
+
+
+_CHAR_TABLE: Final = _CharTable()
+
+
 def _filter_chars(text: str) -> str:
+    """Letters, digits, punctuation and a few symbols kept; other symbols and spaces made spaces; the rest dropped.
+
+    Without combining marks every character's fate is its own, so one str.translate does it at C speed;
+    text with marks takes the character loop, which counts the marks on each letter.
+    """
+    try:
+        return text.translate(_CHAR_TABLE)
+    except _Marks:
+        return _filter_chars_each(text)
+
+
+def _filter_chars_each(text: str) -> str:
     out: list[str] = []
     marks = -1  # combining marks kept on the current letter; -1 when there is no letter to attach to
     for ch in text:
@@ -109,6 +157,8 @@ def _cut(text: str, max_chars: int) -> str:
 
 
 def _nfkc(text: str) -> str:
+    if text.isascii():
+        return text  # NFKC leaves ASCII as it is, and the exceptions below are not ASCII
     # NFKC would turn "№" into "No" (read as English by a Russian voice), "м²" into "м2" and "™" into "TM";
     # those few keep their own form, and the fraction slash of "½" → "1⁄2" becomes a plain "/".
     parts = _NFKC_KEEP_RE.split(text)
@@ -117,6 +167,8 @@ def _nfkc(text: str) -> str:
 
 
 def _speakable(text: str) -> bool:
+    if text.isascii():
+        return _ASCII_ALNUM_RE.search(text) is not None
     return any(unicodedata.category(ch)[0] in "LN" for ch in text)
 
 
