@@ -72,3 +72,15 @@ async def test_old_events_are_pruned_by_retention(db) -> None:
     keep_all = EventBus(db, replay_events=10, replay_seconds=60, retention_seconds=0, wall=wall)
     wall.now += 10 * 86400
     assert await keep_all.prune() == 0
+
+
+async def test_a_row_that_cannot_be_stored_does_not_block_the_log(db, caplog) -> None:
+    bus = EventBus(db, replay_events=10, replay_seconds=60)
+    await bus.channel(1)
+    bus.publish(1, "chat", {"message": "before"})
+    bus.publish(1, "chat", {"message": "bad \ud800 surrogate"})  # cannot be encoded as UTF-8 for SQLite
+    bus.publish(1, "chat", {"message": "after"})
+    await bus.close()
+    rows = await db.fetchall("SELECT seq, payload FROM events ORDER BY seq")
+    assert [r["seq"] for r in rows] == [1, 3]
+    assert "dropped event seq 2" in caplog.text

@@ -7,6 +7,7 @@ import functools
 import json
 import logging
 import math
+import sqlite3
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ _LOGGER = logging.getLogger(__name__)
 
 LOG_FLUSH_SECONDS: Final = 1.0  # how often queued event-log rows are written in one batch
 LOG_MAX_PENDING: Final = 50_000  # rows held while the database lags; the oldest are dropped beyond this
+_INSERT_EVENT: Final = "INSERT INTO events (user_id, session_id, seq, type, ts, payload) VALUES (?, ?, ?, ?, ?, ?)"
 PRUNE_EVERY_SECONDS: Final = 3600.0  # how often rows past the retention are deleted
 
 
@@ -227,10 +229,21 @@ class EventBus:
         rows, self._pending = self._pending, []
         values = [(user_id, stream.id if stream else None, *rest) for user_id, stream, *rest in rows]
         try:
-            async with self._db.transaction():
-                await self._db.executemany(
-                    "INSERT INTO events (user_id, session_id, seq, type, ts, payload) VALUES (?, ?, ?, ?, ?, ?)",
-                    values)
+            await self._insert(values)
+        except (ValueError, UnicodeError, sqlite3.Error):
+            # One bad row must not block the log forever: write row by row and drop only what fails.
+            await self._insert_each(values)
         except BaseException:
-            self._pending[:0] = rows
+            self._pending[:0] = rows  # the database is away (disk, lock): keep them for the next batch
             raise
+
+    async def _insert(self, values: list[tuple[Any, ...]]) -> None:
+        async with self._db.transaction():
+            await self._db.executemany(_INSERT_EVENT, values)
+
+    async def _insert_each(self, values: list[tuple[Any, ...]]) -> None:
+        for row in values:
+            try:
+                await self._insert([row])
+            except (ValueError, UnicodeError, sqlite3.Error) as exc:
+                _LOGGER.error("event log: dropped event seq %s of user %s: %s", row[2], row[0], exc)
