@@ -28,3 +28,13 @@ async def make_user(app: web.Application, username: str | None = "streamer", *,
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+class Clock:
+    """A clock the test moves by hand (`clock.now += 60`), for anything that takes a `clock=` callable."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import make_config
+from tests.helpers import Clock
 from ttboost.db import Database
 from ttboost.pipeline.actions import ActionEngine, _Lru
 from ttboost.pipeline.events import LiveEvent
@@ -19,14 +20,6 @@ from ttboost.triggers import TriggerSetSchema, TriggerStore
 
 MEDIA = "http://media.test"
 DEFAULT_VOICE = "ru-RU-SvetlanaNeural"
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass
@@ -52,7 +45,7 @@ class FakeSpeech:
 
 class Env:
     def __init__(self, db: Database, user_id: int, speech: FakeSpeech | None, tmp_path) -> None:
-        self.db, self.user_id, self.speech, self.clock = db, user_id, speech, FakeClock()
+        self.db, self.user_id, self.speech, self.clock = db, user_id, speech, Clock()
         self.settings = SettingsStore(db, default_voice=DEFAULT_VOICE, voice_known=lambda _v: True)
         self.triggers = TriggerStore(db, make_config(tmp_path))
         self.engine = ActionEngine(self.settings, self.triggers, speech, media_url=MEDIA + "/",

@@ -9,14 +9,7 @@ import pytest
 
 from ttboost.db import Database
 from ttboost.pipeline.bus import EventBus, frame_ts
-
-
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from tests.helpers import Clock
 
 
 @pytest.fixture

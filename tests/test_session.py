@@ -13,6 +13,7 @@ from ttboost.live.errors import ConnectionDropped, UserOffline
 from ttboost.live.session import LiveSession, SessionTiming
 from ttboost.pipeline.bus import EventBus
 from ttboost.pipeline.dispatch import Dispatcher
+from tests.helpers import Clock
 
 # retry_in is reported to a tenth of a second, so the steps are tenths.
 TIMING = SessionTiming(live_check=0.1, backoff_min=0.1, backoff_max=0.3, healthy=60.0, combo_timeout=1.0)
@@ -27,14 +28,6 @@ class Frames:
 
     def states(self) -> list[tuple[str, Any]]:
         return [(f["state"], f.get("retry_in")) for f in self.items if f["type"] == "status"]
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

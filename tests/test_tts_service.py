@@ -18,16 +18,9 @@ from ttboost import errors, keys
 from ttboost.tts.engine import TTSError, Voice
 from ttboost.tts.http import serve_speech
 from ttboost.tts.service import SpeechService
+from tests.helpers import Clock
 
 WAIT = 3.0  # seconds: upper bound for anything a test waits on
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
