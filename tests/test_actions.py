@@ -16,7 +16,8 @@ from ttboost.pipeline.actions import ActionEngine, _Lru
 from ttboost.pipeline.events import LiveEvent
 from ttboost.settings import SettingsStore
 from ttboost.timeutil import iso, utcnow
-from ttboost.triggers import TriggerSetSchema, TriggerStore
+from ttboost.trigger_schemas import TriggerSetSchema
+from ttboost.triggers import TriggerStore
 
 MEDIA = "http://media.test"
 DEFAULT_VOICE = "ru-RU-SvetlanaNeural"

@@ -9,7 +9,7 @@ from aiohttp import web
 from .. import keys, licenses
 from ..errors import json_response
 from ..openapi import docs
-from ..triggers import TriggerEnabledSchema, TriggerIdSchema, TriggerSetSchema
+from ..trigger_schemas import TriggerEnabledSchema, TriggerIdSchema, TriggerSetSchema
 from ..users import User
 from .common import authenticate, limit_by_user, load_body
 from .responses import USER_RATE_LIMITED, OkSchema, TriggerListSchema, TriggerResponseSchema
