@@ -22,7 +22,8 @@ from tests.test_ws import PLAN, register
 from ttboost import keys, sounds
 from ttboost.config import PlanConfig
 from ttboost.media import MediaStore
-from ttboost.media.store import _write_atomic
+from ttboost.fileio import write_atomic
+from ttboost.media.store import TEMP_PREFIX, TEMP_SUFFIX
 
 ROSE = {"event_type": "gift", "condition_key": "gift_name", "condition_value": "Rose", "action": "play_sound"}
 HTML = b"<!DOCTYPE html><html><head><title>x</title></head><body>" + b"<p>not audio</p>" * 200 + b"</body></html>"
@@ -369,7 +370,7 @@ class _GatedStore(MediaStore):
         def write() -> None:
             self.entered.set()
             self.release.wait(5)
-            _write_atomic(self.user_dir(user_id), filename, data)
+            write_atomic(self.user_dir(user_id), filename, data, prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX)
 
         await asyncio.to_thread(write)
 

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import re
 from pathlib import Path
-from typing import AsyncIterator, Callable
+from typing import Callable
 
 import aiohttp
 import pytest
@@ -15,7 +14,7 @@ from aiohttp import web
 
 from tests.fake_tts import FIRST, SIZE, FakeEngine, audio_for
 from ttboost import errors, keys
-from ttboost.tts.engine import TTSError, Voice
+from ttboost.tts.engine import TTSError
 from ttboost.tts.http import serve_speech
 from ttboost.tts.service import SpeechService
 from tests.helpers import Clock

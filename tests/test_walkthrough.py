@@ -8,7 +8,6 @@ import dataclasses
 import io
 from typing import Any, AsyncIterator
 
-import aiohttp
 import pytest
 from aiohttp import FormData
 

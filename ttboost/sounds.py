@@ -6,11 +6,12 @@ import asyncio
 import errno
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Awaitable, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final
 
 from marshmallow import Schema, fields, validate
 
 from .errors import ApiError, not_found
+from .fileio import run_to_end
 from .media import AudioInfo, is_sound_name, sanitize_filename, validate_audio
 from .media.upload import file_too_large
 from .timeutil import iso, utcnow
@@ -22,8 +23,6 @@ if TYPE_CHECKING:
     from .triggers import TriggerStore
 
 _LOGGER = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 FILENAME_MAX_CHARS: Final = 200  # characters of a name to delete; stored names are ≤ 80, longer is simply unknown
 _COLUMNS: Final = "filename, size, duration_ms, format, created_at"
@@ -88,7 +87,7 @@ async def upload(db: Database, store: MediaStore, user_id: int, data: bytes, cli
     info = await asyncio.to_thread(validate_audio, data, min_seconds=limits.min_sound_seconds,
                                    max_seconds=limits.max_sound_seconds)
     filename = sanitize_filename(name_field or client_name, info.ext)
-    sound = await _run_to_end(_store(db, store, user_id, filename, data, info, max_sounds))
+    sound = await run_to_end(_store(db, store, user_id, filename, data, info, max_sounds))
     _LOGGER.info("sound %s stored (user %d, %s, %d bytes, %d ms)", filename, user_id, info.format, len(data),
                  info.duration_ms)
     return sound
@@ -155,7 +154,7 @@ async def delete(db: Database, store: MediaStore, triggers: TriggerStore, user_i
     """
     if not is_sound_name(filename):  # no row can have such a name; spare the database the lookup
         raise sound_not_found()
-    disabled = await _run_to_end(_delete(db, store, triggers, user_id, filename, force))
+    disabled = await run_to_end(_delete(db, store, triggers, user_id, filename, force))
     _LOGGER.info("sound %s deleted (user %d%s)", filename, user_id,
                  f", disabled triggers {disabled}" if disabled else "")
     return disabled
@@ -188,23 +187,3 @@ async def _delete(db: Database, store: MediaStore, triggers: TriggerStore, user_
             await triggers.refresh(user_id)  # the rules in memory were refreshed inside the rolled-back unit
         raise
     return disabled
-
-
-async def _run_to_end(aw: Awaitable[T]) -> T:
-    """Awaits a file-and-row unit to its end even when the request is cancelled meanwhile (client gone,
-    shutdown): cancelled mid-way, a thread would still rename or unlink a file after the rollback."""
-    task = asyncio.ensure_future(aw)
-    try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        if task.done():
-            raise
-        while not task.done():
-            try:
-                await asyncio.wait({task})
-            except asyncio.CancelledError:
-                continue  # cancelled again: still wait, the unit takes milliseconds
-        if not task.cancelled() and task.exception() is not None:  # retrieved here, or asyncio logs it later
-            _LOGGER.warning("sounds: unit finished with an error after its request was cancelled: %r",
-                            task.exception())
-        raise

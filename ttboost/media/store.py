@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import tempfile
 from contextlib import suppress
 from pathlib import Path
 from typing import Final
 
+from ..fileio import write_atomic
 from .names import is_sound_name
 
 _LOGGER = logging.getLogger(__name__)
@@ -54,7 +53,8 @@ class MediaStore:
         """Writes the sound atomically (replacing one of the same name); on failure nothing is left behind."""
         if not is_sound_name(filename):
             raise ValueError(f"not a sanitized sound name: {filename!r}")
-        await asyncio.to_thread(_write_atomic, self.user_dir(user_id), filename, data)
+        await asyncio.to_thread(write_atomic, self.user_dir(user_id), filename, data, prefix=TEMP_PREFIX,
+                                suffix=TEMP_SUFFIX, mode=FILE_MODE)
 
     async def delete(self, user_id: int, filename: str) -> bool:
         """Removes the sound; False when there is no such sound."""
@@ -88,36 +88,3 @@ class MediaStore:
 
 def _is_user_id(user_id: object) -> bool:
     return isinstance(user_id, int) and not isinstance(user_id, bool) and user_id >= 0
-
-
-def _write_atomic(folder: Path, filename: str, data: bytes) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    # Same folder as the target, so os.replace is a rename within one file system: readers see the old file
-    # or the new one, never half of one.
-    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=folder)
-    try:
-        with open(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fchmod(out.fileno(), FILE_MODE)
-            os.fsync(out.fileno())  # data on disk before the rename makes it visible
-        os.replace(tmp, folder / filename)
-    except BaseException:
-        with suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(folder)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Makes the rename itself survive a power cut (best effort: some file systems refuse it)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -4,24 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import functools
 import hashlib
 import hmac
 import logging
 import math
 import os
 import re
-import tempfile
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncGenerator, Callable, Final, TypeVar
+from typing import AsyncGenerator, Callable, Final
 
+from ..fileio import run_to_end, write_atomic
 from .engine import TTSEngine, TTSError, clamp_rate
 
 _LOGGER = logging.getLogger(__name__)
-_T = TypeVar("_T")
 
 KEY_CHARS: Final = 32  # hex characters of the HMAC kept: 128 bits, unguessable, short in a URL
 JOB_TIMEOUT: Final = 60.0  # seconds for one synthesis, a slow drip from the service included
@@ -291,7 +289,8 @@ class SpeechService:
     async def _store(self, job: _Job) -> None:
         data = b"".join(job.chunks)
         async with self._fs_lock:
-            await _run_to_end(_write_atomic, self._dir, job.key, data)
+            await run_to_end(asyncio.to_thread(write_atomic, self._dir, f"{job.key}.mp3", data,
+                                              prefix=_TMP_PREFIX, suffix=".mp3"))
             # One step with the write's end: open() sees either the job or the file, never neither.
             old = self._files.pop(job.key, None)
             self._total += len(data) - (old.size if old else 0)
@@ -319,25 +318,12 @@ class SpeechService:
             if not victims:
                 return
             try:
-                await _run_to_end(_unlink_all, victims)
+                await run_to_end(asyncio.to_thread(_unlink_all, victims))
             except Exception:  # the files are out of the index already; a leftover is only disk space
                 _LOGGER.exception("tts cache: eviction failed in %s", self._dir)
         # DEBUG: once the cache is full, every new phrase evicts one; INFO would be a line per chat message.
         _LOGGER.debug("tts cache: evicted %d file(s); %d bytes kept (bound %d)", len(victims), self._total,
                       self._max_bytes)
-
-
-async def _run_to_end(func: Callable[..., _T], *args: object) -> _T:
-    """func in a worker thread, awaited to its end even if we are cancelled meanwhile.
-
-    A thread cannot be stopped; returning early would let close() finish while a temp file is still open.
-    """
-    future = asyncio.get_running_loop().run_in_executor(None, functools.partial(func, *args))
-    try:
-        return await asyncio.shield(future)
-    except asyncio.CancelledError:
-        await asyncio.wait([future])
-        raise
 
 
 def _scan(directory: Path) -> tuple[list[tuple[str, int]], int]:
@@ -358,20 +344,6 @@ def _scan(directory: Path) -> tuple[list[tuple[str, int]], int]:
                 found.append((stat.st_mtime, match[1], stat.st_size))
     found.sort()
     return [(key, size) for _, key, size in found], removed
-
-
-def _write_atomic(directory: Path, key: str, data: bytes) -> None:
-    """Blocking. Temp file, fsync, rename: the final name only ever holds complete audio."""
-    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=".mp3", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, directory / f"{key}.mp3")
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _unlink_all(paths: list[Path]) -> None:
