@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import sys
 import time
@@ -89,6 +90,11 @@ async def _load_library() -> SimpleNamespace:
     if _LIBRARY_MODULE not in sys.modules:
         # The first import takes seconds of CPU: keep it off the event loop.
         await asyncio.to_thread(_import_library)
+        # The library brings ~45 MB of long-lived objects (modules, proto classes, pydantic schemas) that every
+        # full garbage collection would scan again: 60-80 ms with the event loop stopped, where the same pass
+        # takes ~10 ms once they are frozen. They live as long as the process, so freezing them loses nothing.
+        gc.collect()
+        gc.freeze()
     return _import_library()
 
 

@@ -54,8 +54,11 @@ def _second_text(second: int) -> str:
     return datetime.fromtimestamp(second, timezone.utc).replace(tzinfo=None).isoformat()
 
 
+_ENCODER: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))  # json.dumps makes one per call
+
+
 def encode(frame: dict[str, Any]) -> str:
-    return json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
+    return _ENCODER.encode(frame)
 
 
 def encode_frame(type_: str, seq: int, ts: str, payload: dict[str, Any], body: str) -> str:
