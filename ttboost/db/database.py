@@ -110,14 +110,14 @@ class Database:
             await self.conn.executemany(sql, rows)
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[aiosqlite.Row]:
+        # execute_fetchall is one trip to the database thread; execute + fetch + close would be three, and
+        # on a small VPS each trip (a cross-core wake-up) costs more than the query itself.
         async with self._turn():
-            async with self.conn.execute(sql, params) as cursor:
-                return list(await cursor.fetchall())
+            return list(await self.conn.execute_fetchall(sql, params))
 
     async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> aiosqlite.Row | None:
-        async with self._turn():
-            async with self.conn.execute(sql, params) as cursor:
-                return await cursor.fetchone()
+        rows = await self.fetchall(sql, params)
+        return rows[0] if rows else None
 
     async def fetchval(self, sql: str, params: Sequence[Any] = ()) -> Any:
         row = await self.fetchone(sql, params)
