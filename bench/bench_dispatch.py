@@ -2,7 +2,7 @@
 
 The real components (SettingsStore, TriggerStore with the 100 triggers of bench/workload.py, SpeechService,
 ActionEngine, EventBus, Dispatcher, LiveSession's combo step) on a temp database; one subscriber that takes
-the encoded frames, as ws.Connection.deliver does. Times Dispatcher.dispatch for the workload's event mix
+the encoded frames, as sockets.Connection.deliver does. Times Dispatcher.dispatch for the workload's event mix
 and reports µs per event: the ceiling the pipeline puts on events/s before any I/O. In-process figures.
 """
 

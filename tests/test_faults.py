@@ -34,7 +34,8 @@ from tests.server_process import ServerProcess
 from ttboost import keys
 from ttboost.config import ServerConfig
 from ttboost.media.store import TEMP_PREFIX
-from ttboost.ws import CLOSE_REPLACED, MAX_CLIENT_MESSAGE
+from ttboost.sockets import CLOSE_REPLACED
+from ttboost.ws import MAX_CLIENT_MESSAGE
 
 SEED: Final = 20240607
 PLAN: Final = "fault_test"

@@ -37,7 +37,7 @@ from .triggers import TriggerStore
 from .tts.catalog import VoiceCatalog
 from .tts.engine import TTSEngine
 from .tts.service import SpeechService
-from .ws import SocketRegistry
+from .sockets import SocketRegistry
 
 _LOGGER = logging.getLogger(__name__)
 

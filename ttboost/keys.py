@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # keys only name types; importing them here would tie every m
     from .triggers import TriggerStore
     from .tts.catalog import VoiceCatalog
     from .tts.service import SpeechService
-    from .ws import SocketRegistry
+    from .sockets import SocketRegistry
 
 CONFIG: Final = web.AppKey["Config"]("config")
 DB: Final = web.AppKey["Database"]("db")
