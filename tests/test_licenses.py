@@ -134,6 +134,19 @@ async def test_issue_web_validation(make_client, body: dict[str, Any], field: st
     assert list((await assert_error(resp, 422, "validation error"))["fields"]) == [field]
 
 
+@pytest.mark.parametrize(("body", "days"), [
+    ({"ttl_days": 1}, 1), ({"ttl_days": 3650}, 3650), ({"order_id": "o" * 128}, 30),
+])
+async def test_issue_web_accepts_the_edges(make_client, body: dict[str, Any], days: int) -> None:
+    client = await make_client(**WEB)
+    resp = await client.post("/v2/license/issue-web", json=order(**body), headers={"Web-Api-Key": API_KEY})
+    assert resp.status == 200
+    lic = await resp.json()
+    row = await client.server.app[keys.DB].fetchone("SELECT issued_at, expires_at FROM licenses WHERE key = ?",
+                                                    (lic["key"],))
+    assert (parse_iso(row["expires_at"]) - parse_iso(row["issued_at"])).days == days
+
+
 # --- redeem (renewal) ----------------------------------------------------------------------------------------
 
 
