@@ -302,3 +302,18 @@ async def test_a_license_revoked_during_a_watch_stops_it(make_client, source) ->
     assert (await recv_type(ws, "error"))["code"] == "license_expired"
     assert watch.cancelled
     await ws.close()
+
+
+async def test_a_new_tiktok_username_in_the_settings_switches_a_running_watch(app_client, source) -> None:
+    _, token = await register(app_client)
+    ws = await app_client.ws_connect(f"/v2/ws?token={token}")
+    first = await source.next_watch()
+    resp = await app_client.post("/v2/settings/update", headers={"Authorization": f"Bearer {token}"},
+                                 json={"tiktok_username": "@Real.Name"})
+    assert resp.status == 200
+    second = await source.next_watch()
+    assert first.cancelled and second.unique_id == "real.name"
+    same = await app_client.post("/v2/settings/update", headers={"Authorization": f"Bearer {token}"},
+                                 json={"tts_volume": 50})
+    assert same.status == 200 and source.started == ["streamer", "real.name"]  # other changes: no restart
+    await ws.close()

@@ -31,4 +31,11 @@ async def update_settings(request: web.Request) -> web.Response:
     user = await authenticate(request)
     store = request.app[keys.SETTINGS]
     changes = await load_body(request, store.schema())
-    return json_response({"status": "ok", "settings": await store.update(user.id, changes)})
+    settings = await store.update(user.id, changes)
+    # A running watch follows a new TikTok username at once: the streamer just fixed a typo, most likely.
+    session = request.app[keys.LIVE].session(user.id)
+    name = settings.get("tiktok_username")
+    if "tiktok_username" in changes and session is not None and session.running and name \
+            and name != session.tiktok_username:
+        await request.app[keys.LIVE].start(user.id, name)
+    return json_response({"status": "ok", "settings": settings})
