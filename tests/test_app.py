@@ -154,3 +154,8 @@ def test_good_urls_and_addresses_are_accepted() -> None:
                                  "TTBOOST_SERVER_TRUSTED_PROXIES": "127.0.0.1,10.0.0.0/8,::1",
                                  "TTBOOST_SERVER_CORS_ORIGINS": "https://app.example.com,http://localhost:3000"})
     assert cfg.server.cors_origins == ("https://app.example.com", "http://localhost:3000")
+
+
+async def test_server_header_names_no_versions(client) -> None:
+    for resp in (await client.get("/health"), await client.get("/nothing")):
+        assert resp.headers["Server"] == "TTBoost"

@@ -224,3 +224,13 @@ async def test_issued_keys_have_the_spec_format(client) -> None:
         assert prefix == "TTB" and [len(g) for g in groups] == [4, 4, 4]
         assert not set("".join(groups)) & set("ILOU")
         assert lic.status == "active" and lic.user_id is None
+
+
+async def test_wrong_web_api_keys_are_rate_limited(make_client) -> None:
+    client = await make_client(**WEB, limits={"auth_per_minute": 3})
+    for _ in range(3):
+        resp = await client.post("/v2/license/issue-web", json=order(), headers={"Web-Api-Key": "guess"})
+        await assert_error(resp, 401, "invalid api key")
+    resp = await client.post("/v2/license/issue-web", json=order(), headers={"Web-Api-Key": "guess"})
+    await assert_error(resp, 429, "too many requests")
+    assert int(resp.headers["Retry-After"]) >= 1

@@ -153,6 +153,11 @@ def _live_ctx(source: LiveSource | None, backoff_min: float):
     return ctx
 
 
+async def _server_header(_request: web.Request, response: web.StreamResponse) -> None:
+    """No Python/aiohttp versions in answers: they only help someone looking for a known hole."""
+    response.headers["Server"] = "TTBoost"
+
+
 async def _close_sockets(app: web.Application) -> None:
     """on_shutdown: sockets get 1001 now, or shutdown would wait for each client's timeout."""
     await app[keys.SOCKETS].close_all()
@@ -186,6 +191,7 @@ def create_app(config: Config, *, live_source: LiveSource | None = None, tts_eng
     # docs stops the server rather than silently missing from /v2/openapi.json.
     app.on_startup.insert(0, openapi.check_on_startup)
     app.on_shutdown.append(_close_sockets)
+    app.on_response_prepare.append(_server_header)
 
     app.router.add_routes(health.routes)
     app.router.add_routes(openapi_api.routes)

@@ -11,7 +11,7 @@ from ..errors import ApiError, json_response
 from ..openapi import WEB_API_KEY, docs
 from ..schemas import IssueWebSchema, RedeemSchema
 from ..security import constant_time_equals
-from .common import authenticate, load_body
+from .common import authenticate, limit_by_ip, load_body
 from .responses import LICENSE_ERRORS, IssuedLicenseSchema, RedeemedSchema
 
 _LOGGER = logging.getLogger(__name__)
@@ -25,7 +25,10 @@ def _check_web_api_key(request: web.Request) -> None:
         raise ApiError(503, "web issuing disabled", "web_issuing_disabled")
     given = request.headers.get("Web-Api-Key", "")
     if not constant_time_equals(given, expected):
-        _LOGGER.warning("issue-web: wrong or missing Web-Api-Key from %s", request.remote)
+        client = request.app[keys.CLIENT_IP](request)
+        _LOGGER.warning("issue-web: wrong or missing Web-Api-Key from %s", client)
+        # Wrong keys share the per-IP auth budget: guessing the key costs 10 tries a minute, not thousands.
+        limit_by_ip(request, "auth")
         raise ApiError(401, "invalid api key", "invalid_api_key")
 
 
