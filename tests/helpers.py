@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 from aiohttp import web
 
@@ -38,3 +39,14 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+def media_files(media_root: Path) -> list[Path]:
+    return [p for p in media_root.rglob("*") if p.is_file()] if media_root.exists() else []
+
+
+def assert_nothing_half_written(media_root: Path) -> None:
+    """No temp file (uploads: .upload-*.tmp, speech: .tmp-*) and no empty file anywhere under media/."""
+    for path in media_files(media_root):
+        assert not path.name.startswith("."), f"temp file left behind: {path}"
+        assert path.stat().st_size > 0, f"empty file: {path}"
