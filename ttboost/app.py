@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from typing import AsyncIterator
@@ -21,7 +22,7 @@ from .api import triggers as triggers_api
 from .api import tts as tts_api
 from .config import Config
 from .db import Database
-from .licenses import plan_for_user
+from .licenses import has_active_license
 from .live.manager import LiveManager
 from .live.source import LiveSource
 from .media import MediaStore
@@ -138,12 +139,8 @@ def _live_ctx(source: LiveSource | None, backoff_min: float):
         else:
             live_source = source
         db = app[keys.DB]
-
-        async def license_active(user_id: int) -> bool:
-            return (await plan_for_user(db, user_id)).active
-
-        live = LiveManager(live_source, dispatcher, db, config.tiktok, license_active=license_active,
-                           backoff_min=backoff_min)
+        live = LiveManager(live_source, dispatcher, db, config.tiktok,
+                           license_active=functools.partial(has_active_license, db), backoff_min=backoff_min)
         await live.start_reaper()
         app[keys.BUS], app[keys.DISPATCHER], app[keys.LIVE] = bus, dispatcher, live
         yield

@@ -191,5 +191,10 @@ async def plan_for_user(db: Database, user_id: int, now: datetime | None = None)
     return UserPlan(row["plan"], row["expires_at"], bool(row["live"]))
 
 
+async def has_active_license(db: Database, user_id: int) -> bool:
+    """Whether the user may receive LIVE events now (spec §3)."""
+    return (await plan_for_user(db, user_id)).active
+
+
 async def count_licenses(db: Database, user_id: int) -> int:
     return int(await db.fetchval("SELECT COUNT(*) FROM licenses WHERE user_id = ?", (user_id,)))

@@ -14,7 +14,7 @@ from . import keys
 from .api.common import bearer_token, user_for_token
 from .errors import validation_error
 from .accounts import normalize_username
-from .licenses import plan_for_user
+from .licenses import has_active_license
 from .messages import pick_language, text
 from .openapi import BEARER, QUERY_TOKEN, docs
 from .pipeline.demo import run_demo
@@ -85,7 +85,7 @@ async def _serve(request: web.Request, user: User, *, demo: bool, since: int | N
     config = app[keys.CONFIG]
     dispatcher, bus, live, registry = app[keys.DISPATCHER], app[keys.BUS], app[keys.LIVE], app[keys.SOCKETS]
     await dispatcher.prepare(user.id)
-    active = await license_active(app, user.id)
+    active = await has_active_license(app[keys.DB], user.id)
     channel = bus.get(user.id)
     assert channel is not None
     # Frames published from here on belong to this socket, even those sent while the upgrade completes.
@@ -116,10 +116,6 @@ async def _serve(request: web.Request, user: User, *, demo: bool, since: int | N
         live.app_disconnected(user.id)
         await conn.release()
     return ws
-
-
-async def license_active(app: web.Application, user_id: int) -> bool:
-    return (await plan_for_user(app[keys.DB], user_id)).active
 
 
 async def _start_stream(app: web.Application, conn: Connection, *, since: int, demo: bool) -> None:
@@ -210,7 +206,7 @@ async def _connect_tiktok(app: web.Application, conn: Connection, raw_username: 
             conn.send_local("error", code="tiktok_username_missing",
                             message=text("tiktok_username_missing", language))
             return
-    if not await license_active(app, user_id):
+    if not await has_active_license(app[keys.DB], user_id):
         conn.send_local("error", code="license_expired", message=text("license_expired", language))
         return
     await app[keys.LIVE].start(user_id, username)
