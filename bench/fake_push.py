@@ -12,7 +12,7 @@ from __future__ import annotations
 import gzip
 from typing import Final
 
-from aiohttp import WSMsgType, web
+from aiohttp import web
 from TikTokLive.events import CommentEvent, GiftEvent, LikeEvent
 from TikTokLive.proto import (
     BaseProtoMessage, CommonMessageData, ExtendedGift, ExtendedUser, ProtoMessageFetchResult, WebcastPushFrame,
@@ -154,26 +154,8 @@ class BenchTikTok(FakeTikTok):
     def push_socket(self) -> web.WebSocketResponse:
         return self._socket()
 
-    async def _push_socket(self, request: web.Request) -> web.StreamResponse:
-        ws = web.WebSocketResponse(protocols=("echo-protocol",))
-        await ws.prepare(request)
-        self.connections += 1
-        self._ws, self._ws_room = ws, int(request.query.get("room_id", "0"))
-        self._sockets.add(ws)
-        self._entered.clear()
-        self._closed.clear()
-        try:
-            async for msg in ws:
-                if msg.type is not WSMsgType.BINARY:
-                    continue
-                if self._entered.is_set():
-                    self.client_messages += 1  # acks: parsing them would only load the load generator
-                elif WebcastPushFrame().parse(msg.data).payload_type == "im_enter_room":
-                    self._entered.set()
-        finally:
-            self.close_codes.append(ws.close_code)
-            self._sockets.discard(ws)
-            if self._ws is ws:
-                self._ws = None
-            self._closed.set()
-        return ws
+    def _client_frame(self, data: bytes) -> None:
+        if self._entered.is_set():
+            self.client_messages += 1  # acks: parsing them would only load the load generator
+        elif WebcastPushFrame().parse(data).payload_type == "im_enter_room":
+            self._entered.set()

@@ -251,10 +251,7 @@ class FakeTikTok:
             # on the client waits for the close handshake, which only a reader answers.
             async for msg in ws:
                 if msg.type is WSMsgType.BINARY:
-                    frame = WebcastPushFrame().parse(msg.data)
-                    self.client_frames.append(frame.payload_type)
-                    if frame.payload_type == "im_enter_room":
-                        self._entered.set()
+                    self._client_frame(msg.data)
         finally:
             self.close_codes.append(ws.close_code)
             self._sockets.discard(ws)
@@ -262,6 +259,13 @@ class FakeTikTok:
                 self._ws = None
             self._closed.set()
         return ws
+
+    def _client_frame(self, data: bytes) -> None:
+        """One binary frame from the client (a subclass under load may skip the parsing)."""
+        frame = WebcastPushFrame().parse(data)
+        self.client_frames.append(frame.payload_type)
+        if frame.payload_type == "im_enter_room":
+            self._entered.set()
 
     # Sign server -------------------------------------------------------------------------------
 
