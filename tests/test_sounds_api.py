@@ -22,8 +22,7 @@ from tests.test_ws import PLAN, register
 from ttboost import keys, sounds
 from ttboost.config import PlanConfig
 from ttboost.media import MediaStore
-from ttboost.fileio import write_atomic
-from ttboost.media.store import TEMP_PREFIX, TEMP_SUFFIX
+from ttboost.fileio import publish_file
 
 ROSE = {"event_type": "gift", "condition_key": "gift_name", "condition_value": "Rose", "action": "play_sound"}
 HTML = b"<!DOCTYPE html><html><head><title>x</title></head><body>" + b"<p>not audio</p>" * 200 + b"</body></html>"
@@ -359,20 +358,20 @@ async def test_failed_row_write_removes_a_new_file_only(make_client) -> None:
 
 
 class _GatedStore(MediaStore):
-    """Holds the file write inside its thread until released, to cancel a request mid-write."""
+    """Holds the rename into place inside its thread until released, to cancel a request mid-unit."""
 
     def __init__(self, root: Path) -> None:
         super().__init__(root)
         self.entered = threading.Event()
         self.release = threading.Event()
 
-    async def save(self, user_id: int, filename: str, data: bytes) -> None:
-        def write() -> None:
+    async def publish(self, tmp: Path, filename: str) -> None:
+        def rename() -> None:
             self.entered.set()
             self.release.wait(5)
-            write_atomic(self.user_dir(user_id), filename, data, prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX)
+            publish_file(tmp, filename)
 
-        await asyncio.to_thread(write)
+        await asyncio.to_thread(rename)
 
 
 async def test_cancelled_mid_write_still_ends_consistent(make_client, tmp_path: Path) -> None:

@@ -17,22 +17,45 @@ _T = TypeVar("_T")
 def write_atomic(folder: Path, filename: str, data: bytes, *, prefix: str, suffix: str, mode: int = 0o644) -> None:
     """Blocking (run it in a thread). Temp file in the same folder, fsync, rename, fsync the folder: the final
     name only ever holds complete data, also after a crash; the temp file (prefix…suffix) is removed on error."""
+    tmp = stage_file(folder, data, prefix=prefix, suffix=suffix, mode=mode)
+    try:
+        publish_file(tmp, filename)
+    except BaseException:
+        discard_file(tmp)
+        raise
+
+
+def stage_file(folder: Path, data: bytes, *, prefix: str, suffix: str, mode: int = 0o644) -> Path:
+    """Blocking. Writes data, complete and on disk, to a new temp file in folder (removed again on error).
+
+    The slow half of an atomic write, split off so that a caller can do it before taking a lock and only
+    publish (rename) inside it."""
     folder.mkdir(parents=True, exist_ok=True)
-    # Same folder as the target, so os.replace is a rename within one file system: readers see the old file
-    # or the new one, never half of one.
-    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=folder)
+    # Same folder as the target, so the later os.replace is a rename within one file system: readers see the
+    # old file or the new one, never half of one.
+    fd, name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=folder)
     try:
         with open(fd, "wb") as out:
             out.write(data)
             out.flush()
             os.fchmod(out.fileno(), mode)
             os.fsync(out.fileno())  # data on disk before the rename makes it visible
-        os.replace(tmp, folder / filename)
     except BaseException:
-        with suppress(FileNotFoundError):
-            os.unlink(tmp)
+        discard_file(Path(name))
         raise
-    _fsync_dir(folder)
+    return Path(name)
+
+
+def publish_file(tmp: Path, filename: str) -> None:
+    """Blocking. Renames a staged file to its final name in the same folder and makes the rename durable."""
+    os.replace(tmp, tmp.parent / filename)
+    _fsync_dir(tmp.parent)
+
+
+def discard_file(tmp: Path) -> None:
+    """Blocking. Removes a staged file that will not be published (already gone is fine)."""
+    with suppress(FileNotFoundError):
+        os.unlink(tmp)
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -98,14 +98,21 @@ async def _store(db: Database, store: MediaStore, user_id: int, filename: str, d
     """Quota check, file, row: one unit under BEGIN IMMEDIATE, so two uploads (or an upload and a delete) of
     one user never interleave and the quota cannot be overrun by parallel requests.
 
-    Order: the file is renamed into place before the row is written, so a row never points at a missing
-    file. If the row write or the COMMIT fails, a new file is removed again (no orphan); a file that replaced
-    an older sound stays, since the old row still names it (its size/duration may then be stale, which is
-    harmless next to a sound that plays nothing).
+    The bytes are written and synced to a temp file before the transaction, so the database (one connection
+    for the whole server) is held only for the rename, not for the write of up to 1 MiB. Order inside: the
+    file is renamed into place before the row is written, so a row never points at a missing file. If the
+    row write or the COMMIT fails, a new file is removed again (no orphan); a file that replaced an older
+    sound stays, since the old row still names it (its size/duration may then be stale, which is harmless
+    next to a sound that plays nothing).
     """
     sound = Sound(filename=filename, size=len(data), duration_ms=info.duration_ms, format=info.format,
                   created_at=iso(utcnow()))
-    replaces = saved = False
+    try:
+        tmp = await store.stage(user_id, data)
+    except OSError as exc:  # disk full, read-only or broken media folder: stage() left no file behind
+        _LOGGER.error("sound %s of user %d could not be written under %s: %s", filename, user_id, store.root, exc)
+        raise storage_failed(exc) from exc
+    replaces = published = False
     try:
         async with db.transaction():
             replaces = bool(await db.fetchval("SELECT 1 FROM sounds WHERE user_id = ? AND filename = ?",
@@ -115,26 +122,27 @@ async def _store(db: Database, store: MediaStore, user_id: int, filename: str, d
                 if count >= max_sounds:
                     raise ApiError(403, "sound limit reached", "sound_limit_reached",
                                    extra={"max_sounds": max_sounds})
-            # Holds the database for the write and fsync of ≤ 1 MiB (a few ms): the price of the ordering above.
             try:
-                await store.save(user_id, filename, data)
-            except OSError as exc:  # disk full, read-only or broken media folder: save() left no file behind
-                _LOGGER.error("sound %s of user %d could not be written under %s: %s", filename, user_id,
+                await store.publish(tmp, filename)
+            except OSError as exc:
+                _LOGGER.error("sound %s of user %d could not be renamed into %s: %s", filename, user_id,
                               store.root, exc)
                 raise storage_failed(exc) from exc
-            saved = True
+            published = True
             await db.execute(
                 f"INSERT INTO sounds (user_id, {_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (user_id, filename) DO UPDATE SET size = excluded.size,"
                 " duration_ms = excluded.duration_ms, format = excluded.format, created_at = excluded.created_at",
                 (user_id, sound.filename, sound.size, sound.duration_ms, sound.format, sound.created_at))
     except BaseException:
-        if saved and not replaces:
-            try:
+        try:
+            if not published:
+                await store.discard(tmp)
+            elif not replaces:
                 await store.delete(user_id, filename)
-            except OSError:
-                _LOGGER.exception("sound %s of user %d: row not written and the file could not be removed",
-                                  filename, user_id)
+        except OSError:
+            _LOGGER.exception("sound %s of user %d: row not written and the file could not be removed",
+                              filename, user_id)
         raise
     return sound
 

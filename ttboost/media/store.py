@@ -8,7 +8,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Final
 
-from ..fileio import write_atomic
+from ..fileio import discard_file, publish_file, stage_file
 from .names import is_sound_name
 
 _LOGGER = logging.getLogger(__name__)
@@ -51,10 +51,26 @@ class MediaStore:
 
     async def save(self, user_id: int, filename: str, data: bytes) -> None:
         """Writes the sound atomically (replacing one of the same name); on failure nothing is left behind."""
-        if not is_sound_name(filename):
-            raise ValueError(f"not a sanitized sound name: {filename!r}")
-        await asyncio.to_thread(write_atomic, self.user_dir(user_id), filename, data, prefix=TEMP_PREFIX,
-                                suffix=TEMP_SUFFIX, mode=FILE_MODE)
+        _check_name(filename)  # before anything touches the disk
+        tmp = await self.stage(user_id, data)
+        try:
+            await self.publish(tmp, filename)
+        except BaseException:
+            await self.discard(tmp)
+            raise
+
+    async def stage(self, user_id: int, data: bytes) -> Path:
+        """Writes the bytes to a temp file in the user's folder (complete and synced, not yet visible)."""
+        return await asyncio.to_thread(stage_file, self.user_dir(user_id), data, prefix=TEMP_PREFIX,
+                                       suffix=TEMP_SUFFIX, mode=FILE_MODE)
+
+    async def publish(self, tmp: Path, filename: str) -> None:
+        """Renames a staged file to its sound name, replacing one of the same name."""
+        _check_name(filename)
+        await asyncio.to_thread(publish_file, tmp, filename)
+
+    async def discard(self, tmp: Path) -> None:
+        await asyncio.to_thread(discard_file, tmp)
 
     async def delete(self, user_id: int, filename: str) -> bool:
         """Removes the sound; False when there is no such sound."""
@@ -84,6 +100,11 @@ class MediaStore:
                 path.unlink()
                 count += 1
         return count
+
+
+def _check_name(filename: str) -> None:
+    if not is_sound_name(filename):
+        raise ValueError(f"not a sanitized sound name: {filename!r}")
 
 
 def _is_user_id(user_id: object) -> bool:
