@@ -14,7 +14,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 
-from tests.fuzzing import WEBSOCKET_TAG, LiveServer, envelope_check
+from tests.fuzzing import WEBSOCKET_TAG, LiveServer, envelope_check, envelope_problem
 
 MAX_EXAMPLES = 8  # generated cases per operation, on top of the coverage phase: ~1200 requests, ~6 s
 
@@ -51,3 +51,18 @@ def test_fuzzed_document_is_served_publicly(live_server: LiveServer) -> None:
     doc = resp.json()
     assert doc["servers"] == [{"url": live_server.base_url}]
     assert {"/v2/sounds/upload", "/v2/triggers/set", "/v2/ws"} <= set(doc["paths"])
+
+
+@pytest.mark.parametrize(("status", "content_type", "body", "ok"), [
+    (422, "application/json", {"detail": "validation error", "code": "validation_error", "fields": {"x": ["bad"]}},
+     True),
+    (404, "application/json; charset=utf-8", {"detail": "not found", "code": "not_found"}, True),
+    (200, "text/plain", "anything", True),  # successes are not the check's business
+    (400, "text/plain", b"Bad Request", False),
+    (500, "application/json", ["detail", "code"], False),
+    (401, "application/json", {"detail": "invalid token"}, False),
+    (409, "application/json", {"detail": "", "code": "x"}, False),
+    (422, "application/json", {"detail": "d", "code": "c", "fields": {"x": "not a list"}}, False),
+])
+def test_the_envelope_check_fails_on_what_it_must(status: int, content_type: str, body: object, ok: bool) -> None:
+    assert (envelope_problem(status, content_type, body) is None) is ok
