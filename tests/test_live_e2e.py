@@ -37,6 +37,12 @@ def live_client(aiohttp_client, tmp_path, fake):
     return factory
 
 
+async def app_socket(client) -> aiohttp.ClientWebSocketResponse:
+    """A newly registered streamer's app socket (auto_connect starts the LIVE watch of "streamer")."""
+    _, token = await register(client)
+    return await client.ws_connect(f"/v2/ws?token={token}")
+
+
 async def status(ws: aiohttp.ClientWebSocketResponse, state: str) -> dict[str, Any]:
     return await recv_type(ws, "status", state=state)
 
@@ -44,8 +50,7 @@ async def status(ws: aiohttp.ClientWebSocketResponse, state: str) -> dict[str, A
 async def test_every_event_reaches_the_app_in_order_and_a_combo_is_one_gift(live_client, fake) -> None:
     fake.set_user("streamer")
     client = await live_client()
-    _, token = await register(client)
-    ws = await client.ws_connect(f"/v2/ws?token={token}")
+    ws = await app_socket(client)
     await status(ws, "connecting")
     assert (await status(ws, "connected"))["tiktok_username"] == "streamer"
     await fake.send_chat(ANYA, "привет всем")
@@ -79,8 +84,7 @@ async def test_every_event_reaches_the_app_in_order_and_a_combo_is_one_gift(live
 async def test_a_combo_whose_end_never_comes_is_closed_after_silence(live_client, fake) -> None:
     fake.set_user("streamer")
     client = await live_client(combo_timeout_seconds=0.2)
-    _, token = await register(client)
-    ws = await client.ws_connect(f"/v2/ws?token={token}")
+    ws = await app_socket(client)
     await status(ws, "connected")
     for n in (1, 2, 3):
         await fake.send_gift(BOB, 5655, "Rose", 1, repeat_count=n, repeat_end=False, streakable=True)
@@ -92,8 +96,7 @@ async def test_a_combo_whose_end_never_comes_is_closed_after_silence(live_client
 async def test_dropped_socket_reconnects_and_events_flow_again(live_client, fake) -> None:
     fake.set_user("streamer")
     client = await live_client()
-    _, token = await register(client)
-    ws = await client.ws_connect(f"/v2/ws?token={token}")
+    ws = await app_socket(client)
     await status(ws, "connected")
     await fake.drop(1011)
     reconnecting = await status(ws, "reconnecting")
@@ -108,8 +111,7 @@ async def test_dropped_socket_reconnects_and_events_flow_again(live_client, fake
 async def test_offline_streamer_is_waited_for_then_connected(live_client, fake) -> None:
     fake.set_user("streamer", live=False)
     client = await live_client(live_check_seconds=0.2)
-    _, token = await register(client)
-    ws = await client.ws_connect(f"/v2/ws?token={token}")
+    ws = await app_socket(client)
     waiting = await status(ws, "waiting_for_live")
     assert waiting["retry_in"] == 0.2 and waiting["connected"] is False
     fake.set_user("streamer", live=True)
@@ -120,8 +122,7 @@ async def test_offline_streamer_is_waited_for_then_connected(live_client, fake) 
 async def test_live_end_reports_live_ended_then_waits(live_client, fake) -> None:
     fake.set_user("streamer")
     client = await live_client(live_check_seconds=30)
-    _, token = await register(client)
-    ws = await client.ws_connect(f"/v2/ws?token={token}")
+    ws = await app_socket(client)
     await status(ws, "connected")
     await fake.end_live()
     await status(ws, "live_ended")
@@ -132,8 +133,7 @@ async def test_live_end_reports_live_ended_then_waits(live_client, fake) -> None
 async def test_unknown_user_is_an_error_and_not_retried(live_client, fake) -> None:
     fake.set_user("streamer", exists=False)
     client = await live_client(live_check_seconds=0.05)
-    _, token = await register(client)
-    ws = await client.ws_connect(f"/v2/ws?token={token}")
+    ws = await app_socket(client)
     error = await recv_type(ws, "error")
     assert error["code"] == "tiktok_user_not_found" and "streamer" in error["message"]
     await status(ws, "error")
@@ -147,8 +147,7 @@ async def test_sign_rate_limit_waits_what_the_server_asked(live_client, fake) ->
     fake.set_user("streamer")
     fake.sign_rate_limit(1)
     client = await live_client()
-    _, token = await register(client)
-    ws = await client.ws_connect(f"/v2/ws?token={token}")
+    ws = await app_socket(client)
     assert (await recv_type(ws, "error"))["code"] == "sign_rate_limited"
     assert (await status(ws, "reconnecting"))["retry_in"] == 1
     await status(ws, "connected")
@@ -159,8 +158,7 @@ async def test_blocked_handshake_is_reported(live_client, fake) -> None:
     fake.set_user("streamer")
     fake.block_handshake()
     client = await live_client()
-    _, token = await register(client)
-    ws = await client.ws_connect(f"/v2/ws?token={token}")
+    ws = await app_socket(client)
     assert (await recv_type(ws, "error"))["code"] == "tiktok_blocked"
     await status(ws, "error")
     await ws.close()
@@ -169,8 +167,7 @@ async def test_blocked_handshake_is_reported(live_client, fake) -> None:
 async def test_watch_stops_when_no_app_is_connected_for_the_idle_time(live_client, fake) -> None:
     fake.set_user("streamer")
     client = await live_client(idle_stop_minutes=0.005)  # 0.3 s
-    _, token = await register(client)
-    ws = await client.ws_connect(f"/v2/ws?token={token}")
+    ws = await app_socket(client)
     await status(ws, "connected")
     await ws.close()
     await fake.wait_closed()

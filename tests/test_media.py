@@ -277,6 +277,18 @@ async def raw_get(client: TestClient, target: str) -> tuple[int, bytes]:
     return int(head.split()[1]), body
 
 
+async def raw_status(client: TestClient, request: bytes) -> int:
+    """Sends raw bytes (a body that never ends, or only headers) and reads just the status line."""
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    try:
+        writer.write(request)
+        status_line = await asyncio.wait_for(reader.readline(), timeout=5)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    return int(status_line.split()[1])
+
+
 @pytest.mark.parametrize(("make", "name", "ctype"), [
     (make_mp3, "rose.mp3", "audio/mpeg"), (make_wav, "rose.wav", "audio/wav"),
     (make_ogg, "rose.ogg", "audio/ogg"), (make_m4a, "rose.m4a", "audio/mp4"),
@@ -387,33 +399,21 @@ async def test_upload_stops_reading_at_the_limit(upload_client: tuple[TestClient
     # The body never ends: an answer proves the server stopped reading soon after the limit was passed
     # (aiohttp's multipart reader looks one chunk ahead for the boundary, hence more than two chunks here).
     client, seen = upload_client
-    reader, writer = await asyncio.open_connection(client.host, client.port)
-    try:
-        part = (b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.mp3\"\r\n\r\n"
-                + bytes(3 * CHUNK_BYTES))
-        writer.write(b"POST /upload HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n"
-                     b"Content-Type: multipart/form-data; boundary=XyZ\r\n\r\n"
-                     + b"%x\r\n" % len(part) + part + b"\r\n")
-        status_line = await asyncio.wait_for(reader.readline(), timeout=5)
-    finally:
-        writer.close()
-        await writer.wait_closed()
-    assert status_line.split()[1] == b"413"
+    part = (b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.mp3\"\r\n\r\n"
+            + bytes(3 * CHUNK_BYTES))
+    status = await raw_status(client, b"POST /upload HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n"
+                                      b"Content-Type: multipart/form-data; boundary=XyZ\r\n\r\n"
+                                      + b"%x\r\n" % len(part) + part + b"\r\n")
+    assert status == 413
     assert seen == []
 
 
 async def test_upload_refused_by_declared_length(upload_client: tuple[TestClient, list[bytes]]) -> None:
     # Only the headers are sent: a Content-Length far over the limit is refused before any body arrives.
     client, seen = upload_client
-    reader, writer = await asyncio.open_connection(client.host, client.port)
-    try:
-        writer.write(b"POST /upload HTTP/1.1\r\nHost: test\r\nContent-Length: 100000000\r\n"
-                     b"Content-Type: multipart/form-data; boundary=XyZ\r\n\r\n")
-        status_line = await asyncio.wait_for(reader.readline(), timeout=5)
-    finally:
-        writer.close()
-        await writer.wait_closed()
-    assert status_line.split()[1] == b"413"
+    status = await raw_status(client, b"POST /upload HTTP/1.1\r\nHost: test\r\nContent-Length: 100000000\r\n"
+                                      b"Content-Type: multipart/form-data; boundary=XyZ\r\n\r\n")
+    assert status == 413
     assert seen == []
 
 

@@ -42,6 +42,16 @@ async def recv_type(ws: aiohttp.ClientWebSocketResponse, type_: str, **match: An
             return frame
 
 
+async def connected_socket(client: TestClient, source: ScriptedSource):
+    """A registered user's socket whose LIVE watch has connected (its "connected" status already read)."""
+    _, token = await register(client)
+    ws = await client.ws_connect(f"/v2/ws?token={token}")
+    watch = await source.next_watch()
+    watch.connect()
+    await recv_type(ws, "status", state="connected")
+    return ws, watch, token
+
+
 @pytest.fixture
 def source() -> ScriptedSource:
     return ScriptedSource()
@@ -107,10 +117,7 @@ async def test_second_connection_replaces_the_first(app_client, source) -> None:
 
 
 async def test_resume_replays_exactly_the_missed_events(app_client, source) -> None:
-    _, token = await register(app_client)
-    ws = await app_client.ws_connect(f"/v2/ws?token={token}")
-    watch = await source.next_watch()
-    watch.connect()
+    ws, watch, token = await connected_socket(app_client, source)
     watch.emit(LiveEvent("chat", username="a", user_id="1", message="one"))
     seen = await recv_type(ws, "chat")
     await ws.close()
@@ -278,11 +285,7 @@ async def test_a_watch_stopped_by_an_error_is_retried_when_the_app_returns(app_c
 
 
 async def test_viewer_counts_are_sent_only_when_they_change(app_client, source) -> None:
-    _, token = await register(app_client)
-    ws = await app_client.ws_connect(f"/v2/ws?token={token}")
-    watch = await source.next_watch()
-    watch.connect()
-    await recv_type(ws, "status", state="connected")
+    ws, watch, _ = await connected_socket(app_client, source)
     watch.emit(LiveEvent("viewer", current=12, total=40), LiveEvent("viewer", current=12, total=40),
                LiveEvent("viewer", current=13, total=41), LiveEvent("chat", username="a", user_id="1", message="x"))
     frames = [await recv(ws) for _ in range(3)]
@@ -293,11 +296,7 @@ async def test_viewer_counts_are_sent_only_when_they_change(app_client, source) 
 
 async def test_a_license_revoked_during_a_watch_stops_it(make_client, source) -> None:
     client = await make_client(live_source=source, tiktok={"idle_stop_minutes": 0.01})  # checks every 0.15 s
-    _, token = await register(client)
-    ws = await client.ws_connect(f"/v2/ws?token={token}")
-    watch = await source.next_watch()
-    watch.connect()
-    await recv_type(ws, "status", state="connected")
+    ws, watch, _ = await connected_socket(client, source)
     await client.server.app[keys.DB].execute("UPDATE licenses SET status = 'revoked'")
     assert (await recv_type(ws, "error"))["code"] == "license_expired"
     assert watch.cancelled
