@@ -24,7 +24,7 @@ EDGES: dict[str, tuple[list[Any], list[Any]]] = {
     "chat_tts_min_diamonds": ([0, 1, 10_000], [-1, "5"]),
     "chat_tts_prefix": ([".", "!", "abcde"], ["", "abcdef", 1]),
     "chat_tts_mode": (["all", "prefix", "donor", "off"], ["loud", "", None]),
-    "voice_id": ([GOOD_VOICE, "en-US-JennyNeural"], ["no-such-voice", "", 5]),
+    "voice_id": ([GOOD_VOICE, "en-US-JennyNeural"], ["no-such-voice", "ru-RU-FakeNeural", "", 5]),
     "tts_enabled": ([True, False], ["maybe", None]),
     "gift_sounds_enabled": ([False, True], ["x"]),
     "auto_connect": ([False, True], [[]]),
