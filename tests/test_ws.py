@@ -281,6 +281,9 @@ async def test_a_watch_stopped_by_an_error_is_retried_when_the_app_returns(app_c
     ws = await app_client.ws_connect(f"/v2/ws?token={token}")
     retried = await source.next_watch()
     assert retried.unique_id == "streamer"
+    # What the README's lifecycle promises: the app learns the old state, then sees the new try.
+    assert [(f["type"], f.get("state")) for f in [await recv(ws), await recv(ws)]] == [
+        ("status", "error"), ("status", "connecting")]
     await ws.close()
 
 

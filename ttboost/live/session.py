@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Callable, Final
 
 from ..db import Database
+from ..fileio import run_to_end
 from ..pipeline.bus import StreamRef
 from ..pipeline.combos import ComboTracker
 from ..pipeline.dispatch import Dispatcher
@@ -61,15 +62,15 @@ class LiveSession:
         if not self.running:
             self._task = asyncio.create_task(self._supervise(), name=f"live-session-{self.user_id}")
 
-    async def stop(self) -> None:
-        """Cancels the watch (the adapter disconnects cleanly), closes the stream row, reports idle."""
+    async def stop(self, *, report_idle: bool = True) -> None:
+        """Cancels the watch (the adapter disconnects cleanly), closes the stream row, reports idle unless a new
+        session takes over at once (a switch, a retry after an error: the app sees its `connecting` next)."""
         if self._task is not None:
             self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await asyncio.gather(self._task, return_exceptions=True)  # its way out delivers combos, ends the row
             self._task = None
-        self._close_combos()
-        await self._end_row("stopped")
-        self._set_state("idle")
+        if report_idle:
+            self._set_state("idle")
 
     def _set_state(self, state: str, retry_in: float | None = None) -> None:
         """Publishes a status frame when something changed; a repeated state (re-checks while waiting) is silent."""
@@ -81,55 +82,68 @@ class LiveSession:
         self._dispatcher.status(self.user_id, state, tiktok_username=self.tiktok_username, retry_in=retry_in)
 
     async def _supervise(self) -> None:
-        backoff = self._timing.backoff_min
+        reason = "stopped"
         try:
-            while True:
-                if self.state != "waiting_for_live":  # a re-check while waiting is not news for the app
-                    self._set_state("connecting")
-                self._connected_at = None
-                try:
-                    await self._source.watch(self.tiktok_username, self._on_event, self._on_connected)
-                except UserOffline as exc:
-                    self._new_stream = True
-                    if self.state != "waiting_for_live":  # once per wait, not per re-check
-                        self._dispatcher.error(self.user_id, exc.code, user=self.tiktok_username)
-                    self._set_state("waiting_for_live", self._timing.live_check)
-                    await asyncio.sleep(self._timing.live_check)
-                    continue
-                except (UserNotFound, Blocked) as exc:  # permanent: report once, never hammer TikTok
-                    await self._after_watch(type(exc).__name__)
-                    self._dispatcher.error(self.user_id, exc.code, user=self.tiktok_username)
-                    self._set_state("error")
-                    return
-                except SignRateLimited as exc:
-                    await self._after_watch("rate_limited")
-                    wait = exc.retry_after if exc.retry_after > 0 else RATE_LIMIT_FALLBACK_SECONDS
-                    self._dispatcher.error(self.user_id, exc.code, retry=round(wait))
-                    self._set_state("reconnecting", wait)
-                    await asyncio.sleep(wait)
-                    continue
-                except LiveError as exc:  # ConnectionDropped and anything unforeseen: transient
-                    healthy = self._after_healthy()
-                    await self._after_watch("dropped")
-                    if healthy:
-                        backoff = self._timing.backoff_min
-                    _LOGGER.warning("live user=%s tiktok=@%s dropped: %s", self.user_id, self.tiktok_username, exc)
-                    self._set_state("reconnecting", backoff)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, self._timing.backoff_max)
-                    continue
-                # watch() returned: the LIVE ended cleanly.
-                await self._after_watch("ended")
-                backoff = self._timing.backoff_min
-                self._new_stream = True
-                self._set_state("live_ended")
-                self._set_state("waiting_for_live", self._timing.live_check)
-                await asyncio.sleep(self._timing.live_check)
+            await self._watch_loop()
         except asyncio.CancelledError:
             raise
         except Exception:  # a bug here must not leave the app believing it is connected
+            reason = "crashed"
             _LOGGER.exception("live session of user %s crashed", self.user_id)
+        finally:
+            # Every way out (a permanent error, a stop, a bug) delivers the open combos, disarms the combo timer
+            # and closes the stream row; a second cancel does not cut that short.
+            await run_to_end(self._after_watch(reason))
+        if reason == "crashed":
             self._set_state("error")
+
+    async def _watch_loop(self) -> None:
+        """Returns only on a permanent error; everything else is retried."""
+        backoff = self._timing.backoff_min
+        while True:
+            if self.state != "waiting_for_live":  # a re-check while waiting is not news for the app
+                self._set_state("connecting")
+            self._connected_at = None
+            try:
+                await self._source.watch(self.tiktok_username, self._on_event, self._on_connected)
+            except UserOffline as exc:
+                await self._after_watch("offline")  # a check that found no LIVE may still have connected
+                self._new_stream = True
+                backoff = self._timing.backoff_min  # the next LIVE starts with a fresh back-off
+                if self.state != "waiting_for_live":  # once per wait, not per re-check
+                    self._dispatcher.error(self.user_id, exc.code, user=self.tiktok_username)
+                self._set_state("waiting_for_live", self._timing.live_check)
+                await asyncio.sleep(self._timing.live_check)
+                continue
+            except (UserNotFound, Blocked) as exc:  # permanent: report once, never hammer TikTok
+                await self._after_watch(type(exc).__name__)
+                self._dispatcher.error(self.user_id, exc.code, user=self.tiktok_username)
+                self._set_state("error")
+                return
+            except SignRateLimited as exc:
+                await self._after_watch("rate_limited")
+                wait = exc.retry_after if exc.retry_after > 0 else RATE_LIMIT_FALLBACK_SECONDS
+                self._dispatcher.error(self.user_id, exc.code, retry=round(wait))
+                self._set_state("reconnecting", wait)
+                await asyncio.sleep(wait)
+                continue
+            except LiveError as exc:  # ConnectionDropped and anything unforeseen: transient
+                healthy = self._after_healthy()
+                await self._after_watch("dropped")
+                if healthy:
+                    backoff = self._timing.backoff_min
+                _LOGGER.warning("live user=%s tiktok=@%s dropped: %s", self.user_id, self.tiktok_username, exc)
+                self._set_state("reconnecting", backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self._timing.backoff_max)
+                continue
+            # watch() returned: the LIVE ended cleanly.
+            await self._after_watch("ended")
+            backoff = self._timing.backoff_min
+            self._new_stream = True
+            self._set_state("live_ended")
+            self._set_state("waiting_for_live", self._timing.live_check)
+            await asyncio.sleep(self._timing.live_check)
 
     def _after_healthy(self) -> bool:
         return self._connected_at is not None and self._clock() - self._connected_at >= self._timing.healthy
@@ -191,8 +205,10 @@ class LiveSession:
 
     async def _end_row(self, reason: str) -> None:
         task, self._row_task = self._row_task, None
-        if task is None:
-            return
+        if task is not None:
+            await run_to_end(self._close_row(task, reason))  # taken out of _row_task: must not be cut short
+
+    async def _close_row(self, task: asyncio.Task[int], reason: str) -> None:
         try:
             session_id = await task
         except Exception:
