@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from typing import Awaitable, Callable
+from typing import AsyncIterator, Awaitable, Callable
 
 from ..config import TikTokConfig
 from ..db import Database
@@ -15,6 +16,32 @@ from .session import LiveSession, SessionTiming
 from .source import LiveSource
 
 _LOGGER = logging.getLogger(__name__)
+
+
+class _UserLocks:
+    """One lock per user, so that one user's start/stop never waits for another's network teardown (seconds).
+    A lock exists only while someone holds or waits for it: idle users cost no memory."""
+
+    def __init__(self) -> None:
+        self._locks: dict[int, tuple[asyncio.Lock, int]] = {}  # user id -> (lock, holders and waiters)
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+    @contextlib.asynccontextmanager
+    async def hold(self, user_id: int) -> AsyncIterator[None]:
+        lock, users = self._locks.get(user_id, (None, 0))
+        lock = lock or asyncio.Lock()
+        self._locks[user_id] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            _, users = self._locks[user_id]
+            if users > 1:
+                self._locks[user_id] = (lock, users - 1)
+            else:
+                del self._locks[user_id]
 
 
 class LiveManager:
@@ -33,7 +60,8 @@ class LiveManager:
         self._sessions: dict[int, LiveSession] = {}
         self._apps: dict[int, int] = {}  # user id -> open app sockets
         self._left_at: dict[int, float] = {}  # user id -> when the last app socket closed
-        self._lock = asyncio.Lock()  # start/stop/switch of sessions never interleave
+        self._locks = _UserLocks()  # start/stop/switch of one user's session never interleave
+        self._closed = False
         self._reaper: asyncio.Task[None] | None = None
 
     async def start_reaper(self) -> None:
@@ -44,8 +72,8 @@ class LiveManager:
         if self._reaper is not None:
             self._reaper.cancel()
             await asyncio.gather(self._reaper, return_exceptions=True)
-        async with self._lock:
-            sessions, self._sessions = list(self._sessions.values()), {}
+        self._closed = True  # a start still waiting for its user's lock finds this and gives up
+        sessions, self._sessions = list(self._sessions.values()), {}
         await asyncio.gather(*(s.stop() for s in sessions), return_exceptions=True)
 
     def active_count(self) -> int:
@@ -57,12 +85,14 @@ class LiveManager:
     async def start(self, user_id: int, tiktok_username: str) -> LiveSession:
         """Idempotent: the same user watching the same name keeps its session; another name switches."""
         await self._dispatcher.prepare(user_id)
-        async with self._lock:
+        async with self._locks.hold(user_id):
             current = self._sessions.get(user_id)
             if current is not None and current.tiktok_username == tiktok_username and current.running:
                 return current
             if current is not None:
-                await current.stop()
+                await current.stop(report_idle=False)  # the new session's `connecting` says what happens
+            if self._closed:  # checked after the last await: close() has already stopped everything it saw
+                raise RuntimeError("the LIVE manager is closed (server shutting down)")
             session = LiveSession(user_id, tiktok_username, source=self._source, dispatcher=self._dispatcher,
                                   db=self._db, timing=self._timing, clock=self._clock)
             self._sessions[user_id] = session
@@ -70,7 +100,7 @@ class LiveManager:
             return session
 
     async def stop(self, user_id: int) -> None:
-        async with self._lock:
+        async with self._locks.hold(user_id):
             session = self._sessions.pop(user_id, None)
             if session is not None:
                 await session.stop()

@@ -1,0 +1,95 @@
+"""The LIVE manager: one user's slow teardown never holds up another user's start or stop."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import AsyncIterator, Callable
+
+import pytest
+
+from ttboost.config import TikTokConfig
+from ttboost.db import Database
+from ttboost.live.manager import LiveManager
+from ttboost.pipeline.bus import EventBus
+from ttboost.pipeline.dispatch import Dispatcher
+from ttboost.pipeline.events import LiveEvent
+
+
+class SlowTeardownSource:
+    """Connects at once; a cancelled watch takes as long as the test wants to close (a websockets close
+    handshake and two HTTP clients can take seconds), instead of the test sleeping."""
+
+    def __init__(self) -> None:
+        self.tearing_down: set[str] = set()
+        self.torn_down: set[str] = set()
+        self.release = asyncio.Event()
+
+    async def watch(self, unique_id: str, on_event: Callable[[LiveEvent], None],
+                    on_connected: Callable[[], None]) -> None:
+        on_connected()
+        try:
+            await asyncio.Event().wait()  # a LIVE that never ends by itself
+        except asyncio.CancelledError:
+            self.tearing_down.add(unique_id)
+            await self.release.wait()
+            self.torn_down.add(unique_id)
+            raise
+
+
+@pytest.fixture
+async def manager() -> AsyncIterator[tuple[LiveManager, SlowTeardownSource]]:
+    db = Database(":memory:")
+    await db.open()
+    for name in ("one", "two"):
+        await db.execute("INSERT INTO users (username, created_at) VALUES (?, 'x')", (name,))
+    bus = EventBus(db, replay_events=100, replay_seconds=60)
+    source = SlowTeardownSource()
+
+    async def licensed(_user_id: int) -> bool:
+        return True
+
+    live = LiveManager(source, Dispatcher(bus, None), db, TikTokConfig(), license_active=licensed)
+    yield live, source
+    source.release.set()
+    await live.close()
+    await bus.close()
+    await db.close()
+
+
+async def settle(task: asyncio.Task) -> bool:
+    """Whether the task finished; the generous bound only keeps a broken build from hanging the suite."""
+    await asyncio.wait({task}, timeout=5)
+    return task.done()
+
+
+async def test_a_users_start_does_not_wait_for_another_users_teardown(manager) -> None:
+    live, source = manager
+    await live.start(1, "one")
+    stopping = asyncio.create_task(live.stop(1))
+    while "one" not in source.tearing_down:
+        await asyncio.sleep(0)
+    starting = asyncio.create_task(live.start(2, "two"))
+    assert await settle(starting)  # user 2 is watching while user 1's connection is still closing
+    assert live.session(2).state == "connected"  # type: ignore[union-attr]
+    assert not stopping.done() and "one" not in source.torn_down
+    stopping_two = asyncio.create_task(live.stop(2))  # and another user's stop does not queue behind it either
+    while "two" not in source.tearing_down:
+        await asyncio.sleep(0)
+    source.release.set()
+    await asyncio.gather(stopping, stopping_two)
+    assert source.torn_down == {"one", "two"} and live.active_count() == 0
+
+
+async def test_the_same_users_start_waits_for_its_own_stop(manager) -> None:
+    live, source = manager
+    await live.start(1, "one")
+    stopping = asyncio.create_task(live.stop(1))
+    while "one" not in source.tearing_down:
+        await asyncio.sleep(0)
+    restarting = asyncio.create_task(live.start(1, "one"))
+    await asyncio.sleep(0.05)
+    assert not restarting.done()  # never two watches of one user at once
+    source.release.set()
+    session = await restarting
+    await stopping
+    assert session.running and live.session(1) is session
