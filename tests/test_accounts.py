@@ -150,7 +150,8 @@ async def test_login_and_me(client) -> None:
     token = (await resp.json())["access_token"]
     me = await (await client.get("/v2/auth/me", headers=bearer(token))).json()
     assert set(me) == {"id", "username", "tiktok_username", "plan", "plan_name", "license_expires_at",
-                       "license_active", "created_at", "settings"}
+                       "license_active", "created_at", "settings", "voice_id", "tts_enabled", "tts_volume",
+                       "gifts_volume"}
     assert me["username"] == "streamer" and me["tiktok_username"] == "streamer"
     assert me["plan"] == PLAN and me["plan_name"] == "Nova Streamer One (mobile)" and me["license_active"] is True
     assert me["created_at"].endswith("Z") and isinstance(me["settings"], dict)
@@ -254,9 +255,13 @@ async def test_legacy_login(make_client, base: str, ws_base: str) -> None:
     body = await resp.json()
     assert set(body) == {"status", "user_id", "ws_token", "ws_url", "server_time", "expires_at"}
     assert body["status"] == "ok" and body["ws_url"] == f"{ws_base}/ws/{body['ws_token']}"
-    assert body["server_time"].endswith("Z") and body["expires_at"].endswith("Z")
+    # Typed as the seed sent them: ids as strings, expires_at = when the token expires (24 h by default).
+    assert isinstance(body["user_id"], str) and isinstance(body["ws_token"], str)
+    assert parse_iso(body["expires_at"]) - parse_iso(body["server_time"]) == timedelta(hours=24)
+    claims = TokenService(JWT_SECRET, 3600).decode(body["ws_token"])
+    assert claims is not None and parse_iso(body["expires_at"]).timestamp() == claims.expires_at
     me = await (await client.get("/v2/auth/me", headers=bearer(body["ws_token"]))).json()
-    assert me["id"] == body["user_id"] and me["username"] is None and me["license_active"] is True
+    assert str(me["id"]) == body["user_id"] and me["username"] is None and me["license_active"] is True
     again = await (await client.post("/auth/login", json={"license_key": key})).json()
     assert again["user_id"] == body["user_id"]  # the key is bound now: same account
 
@@ -281,7 +286,7 @@ async def test_key_only_account_is_claimed_by_redeem(client) -> None:
     resp = await redeem(client, key, username="claimer", password="secret1")
     assert resp.status == 200
     body = await resp.json()
-    assert body["user_id"] == legacy["user_id"] and body["username"] == "claimer"
+    assert str(body["user_id"]) == legacy["user_id"] and body["username"] == "claimer"
     after = await (await client.get("/v2/auth/me", headers=bearer(body["access_token"]))).json()
     assert after["username"] == after["tiktok_username"] == after["settings"]["tiktok_username"] == "claimer"
     assert (await client.post("/v2/auth/login", json={"username": "claimer", "password": "secret1"})).status == 200
@@ -297,7 +302,7 @@ async def test_key_only_account_merges_into_existing_account(client) -> None:
     resp = await redeem(client, key, username="streamer", password="secret1")
     assert resp.status == 200
     body = await resp.json()
-    assert body["user_id"] != legacy["user_id"]
+    assert str(body["user_id"]) != legacy["user_id"]
     db = client.app[keys.DB]
     assert await db.fetchval("SELECT user_id FROM licenses WHERE key = ?", (key,)) == body["user_id"]
     # The emptied key-only account's token is revoked (kept, not deleted, so its id is never handed out again).
@@ -305,3 +310,36 @@ async def test_key_only_account_merges_into_existing_account(client) -> None:
     newcomer = await (await client.post("/auth/login", json={"license_key": await issue_key(client)})).json()
     assert newcomer["user_id"] != legacy["user_id"]
     await assert_error(await client.get("/v2/auth/me", headers=bearer(legacy["ws_token"])), 401, "invalid token")
+
+
+async def test_legacy_key_login_refused_for_an_account_with_a_password(make_client) -> None:
+    """The key is not a second password (spec §4): once the account has one, only /v2/auth/login gets in."""
+    client = await make_client(limits=NO_LIMIT)
+    key = await issue_key(client)
+    assert (await redeem(client, key, username="streamer", password="secret1")).status == 200
+    for _ in range(2):  # before and after a password change
+        resp = await client.post("/auth/login", json={"license_key": key})
+        body = await assert_error(resp, 403, "password required")
+        assert body == {"detail": "password required", "code": "password_required"}
+        login = await client.post("/v2/auth/login", json={"username": "streamer", "password": "secret1"})
+        token = (await login.json())["access_token"]
+        changed = await client.post("/v2/auth/password", headers=bearer(token),
+                                    json={"current_password": "secret1", "new_password": "secret1"})
+        assert changed.status == 200
+    # A key-only account (no password yet) still logs in by key; once claimed with a password, it no longer does.
+    loose = await issue_key(client)
+    assert (await client.post("/auth/login", json={"license_key": loose})).status == 200
+    assert (await redeem(client, loose, username="claimer", password="secret2")).status == 200
+    await assert_error(await client.post("/auth/login", json={"license_key": loose}), 403, "password required")
+
+
+async def test_me_repeats_the_apps_settings_at_the_top_level(client) -> None:
+    token = await token_for(client)
+    update = await client.post("/v2/settings/update", headers=bearer(token),
+                               json={"tts_volume": 35, "gifts_volume": 70, "tts_enabled": False,
+                                     "voice_id": "en-US-JennyNeural"})
+    assert update.status == 200, await update.text()
+    me = await (await client.get("/v2/auth/me", headers=bearer(token))).json()
+    assert (me["voice_id"], me["tts_enabled"], me["tts_volume"], me["gifts_volume"]) == (
+        "en-US-JennyNeural", False, 35, 70)
+    assert all(me[key] == me["settings"][key] for key in ("voice_id", "tts_enabled", "tts_volume", "gifts_volume"))

@@ -319,3 +319,43 @@ async def test_a_new_tiktok_username_in_the_settings_switches_a_running_watch(ap
                                  json={"tts_volume": 50})
     assert same.status == 200 and source.started == ["streamer", "real.name"]  # other changes: no restart
     await ws.close()
+
+
+async def test_disconnect_tiktok_is_always_answered_with_a_status(app_client, source) -> None:
+    """The original app waits for a status frame after disconnect_tiktok, also when nothing was running."""
+    user_id, token = await register(app_client)
+    await app_client.server.app[keys.SETTINGS].update(user_id, {"auto_connect": False})
+    ws = await app_client.ws_connect(f"/v2/ws?token={token}")
+    first = await recv(ws)
+    assert first["type"] == "status" and first["state"] == "idle"
+    for _ in range(2):  # nothing ran, and again after that
+        await ws.send_json({"action": "disconnect_tiktok"})
+        frame = await recv(ws)
+        assert frame["type"] == "status" and frame["state"] == "idle" and frame["seq"] > first["seq"]
+        first = frame
+    assert source.started == []
+    await ws.close()
+
+
+async def test_auto_connect_off_stops_the_watch_it_started_and_on_starts_it(app_client, source) -> None:
+    user_id, token = await register(app_client)
+    auth = {"Authorization": f"Bearer {token}"}
+    ws = await app_client.ws_connect(f"/v2/ws?token={token}")
+    watch = await source.next_watch()  # started by auto_connect
+    resp = await app_client.post("/v2/settings/update", headers=auth, json={"auto_connect": False})
+    assert resp.status == 200
+    await recv_type(ws, "status", state="idle")
+    assert watch.cancelled
+    resp = await app_client.post("/v2/settings/update", headers=auth, json={"auto_connect": True})
+    assert resp.status == 200
+    again = await source.next_watch()  # the app is connected: on again starts it, as a connection would
+    assert again.unique_id == "streamer"
+    await recv_type(ws, "status", state="connecting")
+    # A watch the streamer asked for with connect_tiktok is theirs: switching auto_connect off leaves it running.
+    await ws.send_json({"action": "connect_tiktok"})
+    resp = await app_client.post("/v2/settings/update", headers=auth, json={"auto_connect": False})
+    assert resp.status == 200
+    await ws.send_json({"action": "ping"})
+    assert (await recv(ws))["type"] == "pong"
+    assert not again.cancelled and app_client.server.app[keys.LIVE].session(user_id).running
+    await ws.close()

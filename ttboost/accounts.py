@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Final, NamedTuple
 
 from . import licenses
@@ -183,7 +183,8 @@ async def legacy_login(db: Database, license_key: str, now: datetime | None = No
     """The first mobile build's key login (spec §4): the key's user, or a new key-only account bound to it.
 
     A bound key logs its user in even after it expired (the user may have renewed with another key, and an
-    expired user still logs in to see that); a revoked key never does.
+    expired user still logs in to see that); a revoked key never does. An account that has a password never
+    logs in here: the key is printed on receipts and shared with helpers, it must not be a second password.
     """
     now = now or utcnow()
     async with db.transaction():
@@ -193,6 +194,8 @@ async def legacy_login(db: Database, license_key: str, now: datetime | None = No
         if lic.user_id is not None:
             user = await get_user(db, lic.user_id)
             if user is not None:
+                if user.password_hash is not None:
+                    raise ApiError(403, "password required", "password_required")
                 return user
         licenses.check_usable(lic, now)
         user = await _create_user(db, None, None, now)
@@ -215,17 +218,17 @@ async def token_response(db: Database, tokens: TokenService, user: User, now: da
     }
 
 
-async def legacy_response(db: Database, tokens: TokenService, config: Config, user: User,
+def legacy_response(tokens: TokenService, config: Config, user: User,
                           now: datetime | None = None) -> dict[str, Any]:
-    """The first mobile build's login body; ws_token is an ordinary access token."""
+    """The first mobile build's login body, typed as the seed sent it: ids as strings, and expires_at is when
+    the token expires (the app re-logs in then), not the licence expiry. ws_token is an ordinary access token."""
     now = now or utcnow()
     token = tokens.issue(user.id, user.token_version, now.timestamp())
-    plan = await licenses.plan_for_user(db, user.id, now)
     return {
         "status": "ok",
-        "user_id": user.id,
+        "user_id": str(user.id),
         "ws_token": token,
         "ws_url": f"{config.ws_base}/ws/{token}",
         "server_time": iso(now),
-        "expires_at": plan.expires_at,
+        "expires_at": iso(now + timedelta(seconds=tokens.ttl_seconds)),
     }

@@ -124,20 +124,29 @@ async def _start_stream(app: web.Application, conn: Connection, *, since: int, d
     bus = app[keys.BUS]
     _replay(app, conn, since)
     bus.attach(user_id, conn)
-    settings = await app[keys.SETTINGS].get(user_id)
-    session = app[keys.LIVE].session(user_id)
-    # A watch that ended in an error (user not found, blocked) gets a new try when the app comes back:
-    # the streamer may have fixed the username or the block in between.
-    watch = (not demo and (session is None or not session.running) and settings.get("auto_connect")
-             and settings.get("tiktok_username"))
-    if watch:
-        await app[keys.LIVE].start(user_id, settings["tiktok_username"])
-    elif bus.get(user_id).state is None:  # type: ignore[union-attr]
+    started = not demo and await auto_connect(app, user_id)
+    if not started and bus.get(user_id).state is None:  # type: ignore[union-attr]
         await _report_idle(app, user_id)  # every socket learns a state first, demo ones too
     if demo:
         limits = app[keys.CONFIG].limits
         conn.demo = asyncio.create_task(run_demo(app[keys.DISPATCHER], user_id, limits.demo_min_seconds,
                                                  limits.demo_max_seconds), name=f"demo-{user_id}")
+
+
+async def auto_connect(app: web.Application, user_id: int) -> bool:
+    """Starts the LIVE watch as `auto_connect` promises, if it is on and no watch runs; True if it started.
+
+    Runs when an app socket opens and when the streamer switches auto_connect on while one is open. A watch
+    that ended in an error (user not found, blocked) gets a new try here: the streamer may have fixed the
+    username or the block in between.
+    """
+    settings = await app[keys.SETTINGS].get(user_id)
+    session = app[keys.LIVE].session(user_id)
+    if (session is not None and session.running) or not settings.get("auto_connect") \
+            or not settings.get("tiktok_username"):
+        return False
+    await app[keys.LIVE].start(user_id, settings["tiktok_username"], auto=True)
+    return True
 
 
 async def _report_idle(app: web.Application, user_id: int) -> None:
@@ -182,9 +191,11 @@ async def _handle(app: web.Application, conn: Connection, data: str) -> None:
     elif action == "connect_tiktok":
         await _connect_tiktok(app, conn, message.get("username"))
     elif action == "disconnect_tiktok":
-        await app[keys.LIVE].stop(user_id)  # a running session reports idle itself as it stops
         channel = app[keys.BUS].get(user_id)
-        if channel is not None and channel.state != "idle":
+        before = channel.last_status if channel is not None else None
+        await app[keys.LIVE].stop(user_id)  # a running session reports idle itself as it stops
+        # Always answered with a status frame (the original app waits for one): idle again when nothing ran.
+        if channel is None or channel.last_status is before:
             await _report_idle(app, user_id)
     else:
         conn.send_local("error", code="bad_request", message=text("bad_request", language))

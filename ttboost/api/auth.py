@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Final
 
 from aiohttp import web
 
@@ -17,6 +18,9 @@ from .responses import (IP_RATE_LIMITED, LICENSE_ERRORS, LegacyLoginResponseSche
 _LOGGER = logging.getLogger(__name__)
 
 routes = web.RouteTableDef()
+
+# Settings /me repeats at the top level: the original app's screens and tools read them there (spec §4).
+ME_FLAT_SETTINGS: Final = ("voice_id", "tts_enabled", "tts_volume", "gifts_volume")
 
 
 @routes.post("/v2/auth/redeem-license")
@@ -74,6 +78,7 @@ async def me(request: web.Request) -> web.Response:
         "license_active": plan.active,
         "created_at": user.created_at,
         "settings": settings,
+        **{key: settings[key] for key in ME_FLAT_SETTINGS},
     })
 
 
@@ -93,12 +98,14 @@ async def change_password(request: web.Request) -> web.Response:
 
 @routes.post("/auth/login")
 @docs("Legacy login with the license key alone (first mobile build)", tags=["legacy"], security=(),
-      body=LegacyLoginSchema, responses={200: LegacyLoginResponseSchema, 403: LICENSE_ERRORS[403],
-                                         404: LICENSE_ERRORS[404], 429: IP_RATE_LIMITED})
+      body=LegacyLoginSchema,
+      responses={200: LegacyLoginResponseSchema, 404: LICENSE_ERRORS[404], 429: IP_RATE_LIMITED,
+                 403: f"{LICENSE_ERRORS[403]} | password required (the key's account has a password: use "
+                      "/v2/auth/login)"})
 async def legacy_login(request: web.Request) -> web.Response:
     limit_by_ip(request, "auth")
     body = await load_body(request, LegacyLoginSchema())
     app = request.app
     user = await accounts.legacy_login(app[keys.DB], body["license_key"])
     request[keys.USER_ID] = user.id
-    return json_response(await accounts.legacy_response(app[keys.DB], app[keys.TOKENS], app[keys.CONFIG], user))
+    return json_response(accounts.legacy_response(app[keys.TOKENS], app[keys.CONFIG], user))

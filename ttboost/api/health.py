@@ -1,4 +1,4 @@
-"""GET /health: liveness for monitors; no secrets, no config."""
+"""GET /health: liveness for monitors; GET /: what answers here. No secrets, no config."""
 
 from __future__ import annotations
 
@@ -10,11 +10,18 @@ from aiohttp import web
 from .. import __version__, keys
 from ..errors import json_response
 from ..openapi import docs
-from .responses import HealthSchema
+from .responses import HealthSchema, ServiceSchema
 
 _LOGGER = logging.getLogger(__name__)
 
 routes = web.RouteTableDef()
+
+
+@routes.get("/")
+@docs("What answers here: {status, service, version} (the original's tools probe it)", tags=["meta"],
+      security=(), responses={200: ServiceSchema})
+async def root(request: web.Request) -> web.Response:
+    return json_response({"status": "ok", "service": "ttboost", "version": __version__})
 
 
 @routes.get("/health")

@@ -63,6 +63,14 @@ class HealthSchema(Schema):
     ws_clients = _int("open app WebSockets")
 
 
+class ServiceSchema(Schema):
+    """What answers here (the original's tools probe GET / for it)."""
+
+    status = _str("always \"ok\"")
+    service = _str("always \"ttboost\"")
+    version = _str("server version")
+
+
 class TokenResponseSchema(Schema):
     """Logged in: a Bearer token and the account's plan."""
 
@@ -76,14 +84,15 @@ class TokenResponseSchema(Schema):
 
 
 class LegacyLoginResponseSchema(Schema):
-    """Logged in (first mobile build): ws_token is an access token, also valid as Bearer."""
+    """Logged in (first mobile build): ws_token is an access token, also valid as Bearer. Typed as the seed
+    sent it: user_id is a string."""
 
     status = _ok()
-    user_id = _int()
+    user_id = _str("the account id, as a string")
     ws_token = _str("access token")
     ws_url = _str("WebSocket URL: <ws base>/ws/<ws_token>")
     server_time = _str("ISO 8601 UTC")
-    expires_at = _nullable_str("license expiry, ISO 8601 UTC")
+    expires_at = _str("when ws_token expires (server_time + token TTL), ISO 8601 UTC")
 
 
 class MeSchema(Schema):
@@ -98,6 +107,11 @@ class MeSchema(Schema):
     license_active = fields.Boolean(required=True)
     created_at = _str("ISO 8601 UTC")
     settings = fields.Nested(SettingsSchema, required=True)
+    # The original app's screens and tools read these at the top level; the same values as in settings.
+    voice_id = _str("= settings.voice_id")
+    tts_enabled = fields.Boolean(required=True, metadata={"description": "= settings.tts_enabled"})
+    tts_volume = _int("= settings.tts_volume")
+    gifts_volume = _int("= settings.gifts_volume")
 
 
 class IssuedLicenseSchema(Schema):

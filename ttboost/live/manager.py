@@ -58,6 +58,7 @@ class LiveManager:
                                      backoff_max=config.reconnect_max_seconds, healthy=config.healthy_seconds,
                                      combo_timeout=config.combo_timeout_seconds)
         self._sessions: dict[int, LiveSession] = {}
+        self._auto: set[int] = set()  # users whose watch was started by auto_connect, not by connect_tiktok
         self._apps: dict[int, int] = {}  # user id -> open app sockets
         self._left_at: dict[int, float] = {}  # user id -> when the last app socket closed
         self._locks = _UserLocks()  # start/stop/switch of one user's session never interleave
@@ -82,13 +83,26 @@ class LiveManager:
     def session(self, user_id: int) -> LiveSession | None:
         return self._sessions.get(user_id)
 
-    async def start(self, user_id: int, tiktok_username: str) -> LiveSession:
-        """Idempotent: the same user watching the same name keeps its session; another name switches."""
+    def auto_started(self, user_id: int) -> bool:
+        """Whether the user's running watch was started by auto_connect (an app connecting), not asked for."""
+        return user_id in self._auto and self.session(user_id) is not None
+
+    async def start(self, user_id: int, tiktok_username: str, *, auto: bool = False) -> LiveSession:
+        """Idempotent: the same user watching the same name keeps its session; another name switches.
+
+        auto: started by auto_connect rather than by the streamer's connect_tiktok; an explicit start of a
+        running automatic watch makes it explicit (switching auto_connect off then leaves it running)."""
         await self._dispatcher.prepare(user_id)
         async with self._locks.hold(user_id):
             current = self._sessions.get(user_id)
             if current is not None and current.tiktok_username == tiktok_username and current.running:
+                if not auto:
+                    self._auto.discard(user_id)
                 return current
+            if auto:
+                self._auto.add(user_id)
+            else:
+                self._auto.discard(user_id)
             if current is not None:
                 await current.stop(report_idle=False)  # the new session's `connecting` says what happens
             if self._closed:  # checked after the last await: close() has already stopped everything it saw
@@ -101,6 +115,7 @@ class LiveManager:
 
     async def stop(self, user_id: int) -> None:
         async with self._locks.hold(user_id):
+            self._auto.discard(user_id)
             session = self._sessions.pop(user_id, None)
             if session is not None:
                 await session.stop()
