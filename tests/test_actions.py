@@ -397,3 +397,45 @@ def test_lru_is_bounded() -> None:
     for i in range(5):
         lru.put(str(i), i)
     assert "0" not in lru and "1" not in lru and lru.get("4", 0) == 4
+
+
+# --- viewer_first_message (the original's "VIP greeting") ---
+
+async def test_viewer_first_message_fires_once_per_viewer_per_stream(env: Env) -> None:
+    await env.set(chat_tts_mode="off")
+    await env.add("viewer_first_message", "username", "@Boss", say="welcome back, boss", priority=1)
+    await env.add("viewer_first_message", sound="hello.mp3", params={"volume": 40})
+
+    def chat(username: str, message: str = "hi", **fields: Any) -> tuple[LiveEvent, LiveEvent | None]:
+        event = LiveEvent("chat", username=username, user=username.title(), message=message, **fields)
+        return event, env.engine.apply(env.user_id, event)
+
+    chat_event, greeting = chat("boss", "hello all")
+    assert greeting is not None and greeting.type == "viewer_first_message" and "tts_url" in greeting.extra
+    assert greeting.to_payload() == {"user": "Boss", "username": "boss", "message": "hello all",
+                                     "tts_url": f"{MEDIA}/static/tts/key1.mp3", "volume": 100}
+    assert chat_event.extra == {}  # the chat itself: read aloud or not by its own rules (here: off)
+    assert chat("boss", "again")[1] is None  # once per viewer per stream
+    _, anna = chat("anna", user_id="7")
+    assert anna is not None and anna.extra == {"sound_url": f"{MEDIA}/static/sounds/{env.user_id}/hello.mp3",
+                                               "volume": 40}
+    assert chat("anna_renamed", user_id="7")[1] is None  # the same viewer (TikTok id) under a new handle
+    env.engine.stream_started(env.user_id)  # a new LIVE greets everyone again
+    assert chat("anna", user_id="7")[1] is not None and chat("boss")[1] is not None
+    assert env.speech.texts == ["welcome back, boss", "welcome back, boss"]
+    # A forced first message (simulate's test button) fires although the viewer already wrote.
+    assert env.engine.apply(env.user_id, LiveEvent("chat", username="boss", message="x"), first_message=True)
+
+
+async def test_viewer_first_message_needs_a_trigger_and_keeps_the_chats_own_action(env: Env) -> None:
+    first = LiveEvent("chat", username="anna", message="hi")
+    assert env.engine.apply(env.user_id, first) is None  # no such trigger: no extra frame
+    assert _said(first.extra)  # chat read aloud as usual
+    await env.add("viewer_first_message", say="hello {user}: {message}")
+    assert env.engine.apply(env.user_id, LiveEvent("chat", username="anna", message="again")) is None  # seen
+    chat = LiveEvent("chat", user="Bob", username="bob", message="yo")
+    greeting = env.engine.apply(env.user_id, chat)
+    assert _said(chat.extra) and greeting is not None and _said(greeting.extra)
+    assert env.speech.texts[-2:] == ["Bob: yo", "hello Bob: yo"]
+    await env.set(tts_enabled=False)  # a speech trigger the switches turn off does not fire
+    assert env.engine.apply(env.user_id, LiveEvent("chat", username="carl", message="hi")) is None

@@ -359,3 +359,39 @@ async def test_auto_connect_off_stops_the_watch_it_started_and_on_starts_it(app_
     assert (await recv(ws))["type"] == "pong"
     assert not again.cancelled and app_client.server.app[keys.LIVE].session(user_id).running
     await ws.close()
+
+
+async def test_viewer_first_message_trigger_frame_follows_the_chat_frame(app_client) -> None:
+    _, token = await register(app_client)
+    auth = {"Authorization": f"Bearer {token}"}
+    resp = await app_client.post("/v2/triggers/set", headers=auth, json={
+        "event_type": "viewer_first_message", "condition_key": "always", "action": "tts",
+        "action_params": {"text_template": "Welcome, {user}!"}})
+    assert resp.status == 200, await resp.text()
+    ws = await app_client.ws_connect(f"/v2/ws?token={token}&demo=0")
+    first = await (await app_client.post("/v2/events/simulate", headers=auth,
+                                         json={"type": "chat", "user": "Anna", "message": "hi"})).json()
+    chat = await recv_type(ws, "chat")
+    greeting = await recv(ws)  # the very next frame
+    assert greeting["type"] == "viewer_first_message" and greeting["seq"] == chat["seq"] + 1
+    assert (greeting["user"], greeting["username"], greeting["message"]) == ("Anna", "anna", "hi")
+    assert greeting["tts_url"].startswith("http://testserver/static/tts/") and greeting["volume"] == 100
+    assert first["viewer_first_message"]["seq"] == greeting["seq"]
+    assert first["viewer_first_message"]["event"]["tts_url"] == greeting["tts_url"]
+    # Anna's second message of the stream: a chat frame only.
+    second = await (await app_client.post("/v2/events/simulate", headers=auth,
+                                          json={"type": "chat", "user": "Anna", "message": "again"})).json()
+    assert "viewer_first_message" not in second
+    await ws.send_json({"action": "ping"})
+    assert (await recv_type(ws, "chat"))["message"] == "again" and (await recv(ws))["type"] == "pong"
+    # Simulating viewer_first_message is the "test this trigger" button: it fires every time.
+    test = await (await app_client.post("/v2/events/simulate", headers=auth,
+                                        json={"type": "viewer_first_message", "user": "Anna"})).json()
+    assert test["event"]["type"] == "chat" and test["viewer_first_message"]["seq"] == test["seq"] + 1
+    listed = await (await app_client.get("/v2/triggers/list", headers=auth)).json()
+    assert [t["event_type"] for t in listed["triggers"]] == ["viewer_first_message"]
+    bad = await app_client.post("/v2/triggers/set", headers=auth, json={
+        "event_type": "viewer_first_message", "condition_key": "message_contains", "condition_value": "x",
+        "action": "tts", "action_params": {"text_template": "x"}})
+    assert bad.status == 422 and "condition_key" in (await bad.json())["fields"]
+    await ws.close()

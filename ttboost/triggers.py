@@ -30,7 +30,7 @@ CONDITIONS: Final[Mapping[str, Mapping[str, str | None]]] = {
     "chat": {"always": None, "message_contains": "text", "message_starts_with": "text", "username": "username"},
     "gift": {"always": None, "gift_name": "text", "gift_id": "int", "min_count": "int", "min_diamonds": "int"},
     "like": {"always": None, "min_likes": "int", "every_likes": "int"},
-    **{t: _VIEWER_KEYS for t in ("viewer_join", "follow", "share", "subscribe")},
+    **{t: _VIEWER_KEYS for t in ("viewer_join", "follow", "share", "subscribe", "viewer_first_message")},
 }
 _CASELESS_KEYS: Final = frozenset({"message_contains", "gift_name"})  # matched case-insensitively
 assert set(CONDITIONS) == set(TRIGGER_EVENT_TYPES)

@@ -21,7 +21,8 @@ routes = web.RouteTableDef()
 
 class SimulateSchema(Schema):
     type = fields.String(required=True, validate=validate.OneOf(TRIGGER_EVENT_TYPES),
-                         metadata={"description": "event type to simulate"})
+                         metadata={"description": "event type to simulate; viewer_first_message sends a chat "
+                                                  "from a viewer new to the stream"})
     user = fields.String(load_default="Test Viewer", validate=validate.Length(1, 64),
                          metadata={"description": "viewer handle (also used as the nickname)"})
     message = fields.String(load_default="", validate=validate.Length(max=500))
@@ -35,7 +36,9 @@ class SimulateSchema(Schema):
 def simulated_event(data: dict[str, Any]) -> LiveEvent:
     name = data["user"]
     handle = name.strip().lstrip("@").lower().replace(" ", "_")
-    event = LiveEvent(data["type"], user=name, username=handle, user_id=f"{SIMULATED_USER_ID}:{handle}")
+    # A first message is a chat message: the chat frame goes out, its viewer_first_message frame follows.
+    type_ = "chat" if data["type"] == "viewer_first_message" else data["type"]
+    event = LiveEvent(type_, user=name, username=handle, user_id=f"{SIMULATED_USER_ID}:{handle}")
     if event.type == "chat":
         event.message = data["message"] or "привет!"
     elif event.type == "gift":  # a simulated gift is a finished combo: it goes out at once
@@ -58,5 +61,10 @@ async def simulate(request: web.Request) -> web.Response:
     dispatcher = request.app[keys.DISPATCHER]
     await dispatcher.prepare(user.id)
     event = simulated_event(data)
-    seq = dispatcher.dispatch(user.id, event)
-    return json_response({"status": "ok", "seq": seq, "event": {"type": event.type, **event.to_payload()}})
+    # Simulating viewer_first_message tests that trigger: the viewer counts as new to the stream every time.
+    published = dispatcher.dispatch_all(user.id, event, first_message=data["type"] == "viewer_first_message" or None)
+    (seq, _), *follow_up = published
+    body: dict[str, Any] = {"status": "ok", "seq": seq, "event": {"type": event.type, **event.to_payload()}}
+    for follow_seq, follow in follow_up:
+        body[follow.type] = {"seq": follow_seq, "event": {"type": follow.type, **follow.to_payload()}}
+    return json_response(body)

@@ -228,12 +228,23 @@ class VoiceListSchema(Schema):
     voices = fields.List(fields.Nested(VoiceSchema), required=True)
 
 
+class FollowUpSchema(Schema):
+    """A frame the event was followed by."""
+
+    seq = _int("the frame's sequence number")
+    event = fields.Dict(required=True, metadata={"description": "the frame as the WebSocket sends it"})
+
+
 class SimulatedSchema(Schema):
     """The event went through the pipeline; the WebSocket frame carries the same seq."""
 
     status = _ok()
     seq = _int("the frame's sequence number")
     event = fields.Dict(required=True, metadata={"description": "the event as the WebSocket sends it"})
+    viewer_first_message = fields.Nested(FollowUpSchema, metadata={
+        "description": "present when the chat was the viewer's first of the stream (or type was "
+                       "viewer_first_message) and a viewer_first_message trigger fired: that frame, sent right "
+                       "after the chat"})
 
 
 class OpenApiSchema(Schema):

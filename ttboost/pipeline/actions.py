@@ -64,6 +64,7 @@ class _Stream:
     likes: _Lru[str, int] = field(default_factory=_Lru)  # viewer → likes this stream
     diamonds: _Lru[str, int] = field(default_factory=_Lru)  # viewer → diamonds given this stream
     once: _Lru[tuple[int, str], bool] = field(default_factory=_Lru)  # (trigger, viewer) fired this stream
+    chatters: _Lru[str, bool] = field(default_factory=_Lru)  # viewers who wrote in chat this stream
     like_sum: int = 0  # likes counted from events, for when TikTok sends no room total
     like_total: int | None = None  # highest stream total seen, for every_likes crossings
 
@@ -97,15 +98,22 @@ class ActionEngine:
     def stream_started(self, user_id: int) -> None:
         self._user(user_id).stream = _Stream()
 
-    def apply(self, user_id: int, event: LiveEvent) -> None:
-        """Sets event.extra's audio fields; an unexpected error is logged and the event goes on silent."""
+    def apply(self, user_id: int, event: LiveEvent, *, first_message: bool | None = None) -> LiveEvent | None:
+        """Sets event.extra's audio fields; an unexpected error is logged and the event goes on silent.
+
+        For a chat that is the viewer's first of the stream (or first_message=True), returns the
+        viewer_first_message event a trigger of that type fired for, to be published right after the chat.
+        """
         try:
             self._apply(user_id, event)
+            if event.type == "chat":
+                return self._first_message(user_id, event, first_message)
         except Exception:
             for key in _AUDIO_KEYS:
                 event.extra.pop(key, None)
             _LOGGER.exception("actions failed for user %s on %s from %r (msg_id %s)", user_id, event.type,
                               event.username, event.msg_id)
+        return None
 
     def _user(self, user_id: int) -> _User:
         state = self._users.get(user_id)
@@ -124,6 +132,29 @@ class ActionEngine:
             return
         state = self._user(user_id)
         ctx = _track(state.stream, event)
+        if not self._run_triggers(user_id, state, event, ctx, settings) and event.type == "chat":
+            self._speak_chat(state, event, ctx, settings)
+
+    def _first_message(self, user_id: int, chat: LiveEvent, first: bool | None) -> LiveEvent | None:
+        """The viewer_first_message event for a viewer's first chat of the stream, if one of its triggers fired."""
+        settings = self._settings.cached(user_id)
+        viewer = _viewer(chat)
+        if settings is None or not viewer:
+            return None
+        chatters = self._user(user_id).stream.chatters
+        if first is None:
+            first = viewer not in chatters
+        chatters.put(viewer, True)
+        if not first:
+            return None
+        greeting = LiveEvent("viewer_first_message", user=chat.user, username=chat.username, user_id=chat.user_id,
+                             message=chat.message, msg_id=chat.msg_id)
+        fired = self._run_triggers(user_id, self._user(user_id), greeting, Context(viewer=viewer), settings)
+        return greeting if fired else None
+
+    def _run_triggers(self, user_id: int, state: _User, event: LiveEvent, ctx: Context,
+                      settings: Mapping[str, Any]) -> bool:
+        """Fires the first matching, allowed trigger of the event's type (one action per event); True if one did."""
         now = self._clock()
         sound_ok, speech_ok = self._switches(event.type, settings)
         for trigger in matching(self._plan(user_id, event.type), event, ctx, sound_ok, speech_ok):
@@ -140,9 +171,8 @@ class ActionEngine:
                 state.stream.once.put(once_key, True)
             self._triggers.count_fired(trigger.id)
             self._fire(user_id, trigger, event, ctx, settings)
-            return  # one action per event
-        if event.type == "chat":
-            self._speak_chat(state, event, ctx, settings)
+            return True  # one action per event
+        return False
 
     def _plan(self, user_id: int, event_type: str) -> list[Compiled]:
         """The user's rules of this type, compiled once per version: TriggerStore swaps in new lists on change."""

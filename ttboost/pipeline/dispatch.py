@@ -17,7 +17,8 @@ class ActionHook(Protocol):
 
     async def prepare(self, user_id: int) -> None: ...
 
-    def apply(self, user_id: int, event: LiveEvent) -> None: ...
+    def apply(self, user_id: int, event: LiveEvent, *, first_message: bool | None = None) -> LiveEvent | None:
+        """Sets the event's audio; returns an event to publish right after it (viewer_first_message), if any."""
 
     def stream_started(self, user_id: int) -> None: ...
 
@@ -34,13 +35,25 @@ class Dispatcher:
             await self._actions.prepare(user_id)
 
     def dispatch(self, user_id: int, event: LiveEvent) -> int:
-        """Synchronous: the event reaches the app's queue before this returns; speech only has a URL yet."""
+        """Synchronous: the event reaches the app's queue before this returns; speech only has a URL yet.
+        Returns the event's seq (a follow-up frame, if any, has the next one)."""
+        return self.dispatch_all(user_id, event)[0][0]
+
+    def dispatch_all(self, user_id: int, event: LiveEvent, *,
+                     first_message: bool | None = None) -> list[tuple[int, LiveEvent]]:
+        """dispatch() returning every frame published, in order: the event, then its follow-up (a chat that is
+        the viewer's first of the stream can be followed by viewer_first_message). first_message=True treats
+        a chat as the viewer's first whatever the stream saw (simulate)."""
+        follow_up = None
         if self._actions is not None and event.type != "viewer":
             try:
-                self._actions.apply(user_id, event)
+                follow_up = self._actions.apply(user_id, event, first_message=first_message)
             except Exception:  # an action bug costs the audio, never the event
                 _LOGGER.exception("actions failed for user %s on %s", user_id, event.type)
-        return self.bus.publish(user_id, event.type, event.to_payload())
+        published = [(self.bus.publish(user_id, event.type, event.to_payload()), event)]
+        if follow_up is not None:
+            published.append((self.bus.publish(user_id, follow_up.type, follow_up.to_payload()), follow_up))
+        return published
 
     def stream_started(self, user_id: int) -> None:
         if self._actions is not None:

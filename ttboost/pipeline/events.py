@@ -5,10 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-# Event types the app receives (spec §6). "viewer" is the room's viewer count.
-EVENT_TYPES: Final = ("chat", "gift", "like", "viewer_join", "follow", "share", "subscribe", "viewer")
+# Event types the app receives (spec §6). "viewer" is the room's viewer count; "viewer_first_message" follows
+# a viewer's first chat of a stream when a trigger of that type fired (the original's "VIP greeting").
+EVENT_TYPES: Final = ("chat", "gift", "like", "viewer_join", "follow", "share", "subscribe", "viewer",
+                      "viewer_first_message")
 # Types a trigger may be attached to (spec §5).
-TRIGGER_EVENT_TYPES: Final = ("chat", "gift", "like", "viewer_join", "follow", "share", "subscribe")
+TRIGGER_EVENT_TYPES: Final = ("chat", "gift", "like", "viewer_join", "follow", "share", "subscribe",
+                              "viewer_first_message")
 
 
 @dataclass(slots=True)
@@ -47,7 +50,7 @@ class LiveEvent:
         if t == "viewer":
             return {"current": self.current, "total": self.total}
         out: dict[str, Any] = {"user": self.user or self.username, "username": self.username}
-        if t == "chat":
+        if t == "chat" or t == "viewer_first_message":
             out["message"] = self.message
         elif t == "gift":
             out.update(gift_id=self.gift_id, gift_name=self.gift_name, count=self.count,
