@@ -15,6 +15,7 @@ from ttboost.config import TikTokConfig
 from ttboost.live.errors import (
     Blocked, ConnectionDropped, LiveError, SignRateLimited, UserNotFound, UserOffline,
 )
+from ttboost.live.normalize import gift_event, live_event
 from ttboost.pipeline.events import LiveEvent
 
 _LOGGER = logging.getLogger(__name__)
@@ -24,6 +25,7 @@ _LIBRARY_MODULE: Final = "TikTokLive.client.client"
 _DEFAULT_RETRY_AFTER: Final = 60.0  # seconds to wait after a 429 that names no usable wait
 _UNIX_TIME_FLOOR: Final = 1_000_000_000  # a RateLimit-Reset above this is a timestamp, not seconds
 _STOP: Final = object()  # queued after the library's connection task has finished
+_LIVE_ENDED: Final = object()  # queued when a fast-decoded frame says the LIVE ended
 _CLEAN_CLOSE_CODES: Final = frozenset({1000, 1001, 1005})  # normal, going away, no status: websockets' OK
 # Events delivered in a row before the consumer lets other tasks run. queue.get() does not suspend while events
 # are waiting, so without this a burst (TikTok batches many messages per frame; a stalled process catches up)
@@ -42,12 +44,44 @@ def _import_library() -> SimpleNamespace:
     from TikTokLive.client.web.web_settings import WebDefaults
     # The protocol class TikTokLive's connection uses (websockets' legacy client, loaded by it above).
     from websockets.legacy.client import WebSocketClientProtocol
+
+    from ttboost.live.webcast import FrameDecoder  # protobuf's C parser: imported with the library, not before
     _reuse_validators()
     return SimpleNamespace(
         httpx=httpx, errors=errors, TikTokLiveClient=TikTokLiveClient, WebDefaults=WebDefaults,
-        WebSocketClientProtocol=WebSocketClientProtocol, ConnectEvent=events.ConnectEvent,
+        PushProtocol=_push_protocol_class(WebSocketClientProtocol), ConnectEvent=events.ConnectEvent,
         LiveEndEvent=events.LiveEndEvent, converters=_conversions(events),
+        decoder=FrameDecoder(frozenset(events.proto_events.EVENT_MAPPINGS)),
     )
+
+
+def _push_protocol_class(base: type[Any]) -> type[Any]:
+    """The push socket's protocol: frames of hot messages are decoded here and never reach the library.
+
+    TikTokLive reads the socket through this protocol's recv(). A frame the fast decoder (webcast.py) reads
+    is acked and its events delivered here, in the library's task and in arrival order, and recv() goes on
+    to the next frame; any other frame is returned to the library, which parses, acks and emits it as
+    before. The library still connects, enters the room, sends heartbeats and closes.
+    """
+
+    class PushProtocol(base):  # type: ignore[misc, valid-type]
+        decoder: Any = None  # FrameDecoder; set by the adapter on each new socket
+        deliver: Callable[[Any], None] = staticmethod(lambda _item: None)
+
+        async def recv(self) -> Any:
+            while True:
+                data = await super().recv()
+                frame = self.decoder.decode(data) if isinstance(data, bytes) else None
+                if frame is None:
+                    return data
+                if frame.ack is not None and self.open:
+                    await self.send(frame.ack)
+                for event in frame.events:
+                    self.deliver(event)
+                if frame.live_ended:
+                    self.deliver(_LIVE_ENDED)
+
+    return PushProtocol
 
 
 def _reuse_validators() -> None:
@@ -86,10 +120,54 @@ def _reuse_validators() -> None:
     message._validate = _validate  # type: ignore[method-assign]
 
 
+def _warm_up(lib: SimpleNamespace) -> None:
+    """Builds, parses and converts one message of each listened type, so a session's first events do not pay.
+
+    betterproto2 resolves a class's field metadata and pydantic builds its validator the first time the class
+    is used (together 100-300 ms, measured as the first chat and gift of a fresh session); protobuf builds its
+    message classes on first use too. Run in the import thread: it holds the GIL for this long either way,
+    but the event loop keeps serving.
+    """
+    from TikTokLive import events
+    from TikTokLive.proto import (
+        BaseProtoMessage, CommonMessageData, ExtendedGift, ExtendedUser, ProtoMessageFetchResult, PushHeader,
+        WebcastPushFrame,
+    )
+
+    # Event classes only, never their Webcast*Message parents: encoding a parent first changes what
+    # betterproto2 parses later (LIBRARIES.md).
+    user = ExtendedUser(id=1, nickname="warm", display_id="warm")
+    samples = [
+        events.CommentEvent(user=user, content="warm"),
+        events.GiftEvent(user=user, gift=ExtendedGift(id=1, name="warm", diamond_count=1, type=1), repeat_count=1),
+        events.LikeEvent(user=user, count=1, total=1), events.JoinEvent(user=user),
+        events.SocialEvent(user=user), events.SubNotifyEvent(user=user, sub_month=1),
+        events.RoomUserSeqEvent(total=1, total_user=1),
+    ]
+    messages = []
+    for sample in samples:
+        sample.common = CommonMessageData(method=type(sample).__name__, msg_id=1)
+        wire = bytes(sample)
+        converter = lib.converters.get(type(sample))
+        parsed = type(sample)().parse(wire)
+        if converter is not None:
+            converter(parsed)
+        method = next(m for m, cls in events.proto_events.EVENT_MAPPINGS.items() if cls is type(sample))
+        messages.append(BaseProtoMessage(method=method, payload=wire, msg_id=1))
+    for follow in (events.FollowEvent, events.ShareEvent):
+        lib.converters[follow](follow().parse(bytes(samples[4])))
+    result = ProtoMessageFetchResult(messages=messages, internal_ext="warm", need_ack=True)
+    frame = bytes(WebcastPushFrame(log_id=1, payload_type="msg", headers=[PushHeader(key="compress_type", value="")],
+                                   payload=bytes(result)))
+    WebcastPushFrame().parse(frame)
+    ProtoMessageFetchResult().parse(bytes(result))
+    lib.decoder.decode(frame)
+
+
 async def _load_library() -> SimpleNamespace:
     if _LIBRARY_MODULE not in sys.modules:
         # The first import takes seconds of CPU: keep it off the event loop.
-        await asyncio.to_thread(_import_library)
+        await asyncio.to_thread(lambda: _warm_up(_import_library()))
         # The library brings ~45 MB of long-lived objects (modules, proto classes, pydantic schemas) that every
         # full garbage collection would scan again: 60-80 ms with the event loop stopped, where the same pass
         # takes ~10 ms once they are frozen. They live as long as the process, so freezing them loses nothing.
@@ -114,10 +192,10 @@ class TikTokAdapter:
         unique_id = unique_id.strip().lstrip("@")
         lib = await _load_library()
         sockets: list[Any] = []  # the push connection's websockets protocol, to read its close frame
-        client = self._new_client(lib, unique_id, sockets)
-        # Library handlers only enqueue (a raising handler would kill the connection); the loop below
-        # is the one consumer, so events keep TikTok's order.
+        # Library handlers and the push protocol only enqueue (a raising handler would kill the connection);
+        # the loop below is the one consumer, so events keep TikTok's order.
         queue: asyncio.Queue[Any] = asyncio.Queue()
+        client = self._new_client(lib, unique_id, sockets, queue.put_nowait)
         for event_class in (lib.ConnectEvent, lib.LiveEndEvent, *lib.converters):
             client.add_listener(event_class, queue.put_nowait)
         task: asyncio.Task[None] | None = None
@@ -144,7 +222,8 @@ class TikTokAdapter:
         finally:
             await _shutdown(client, task, unique_id)
 
-    def _new_client(self, lib: SimpleNamespace, unique_id: str, sockets: list[Any]) -> Any:
+    def _new_client(self, lib: SimpleNamespace, unique_id: str, sockets: list[Any],
+                    deliver: Callable[[Any], None]) -> Any:
         cfg = self._config
         # TikTokLive 7.0.1 has no per-client setting for these two: its routes read the module-wide
         # WebDefaults at call time (web/routes/fetch_room_id_live_html.py, fetch_room_id_api.py,
@@ -158,13 +237,15 @@ class TikTokAdapter:
         proxy = lib.httpx.Proxy(cfg.proxy) if cfg.proxy else None
 
         def create_protocol(*args: Any, **kwargs: Any) -> Any:
-            protocol = lib.WebSocketClientProtocol(*args, **kwargs)
+            protocol = lib.PushProtocol(*args, **kwargs)
+            protocol.decoder, protocol.deliver = lib.decoder, deliver
             sockets.append(protocol)
             return protocol
 
         client = lib.TikTokLiveClient(
             unique_id=unique_id, web_proxy=proxy, ws_proxy=proxy, web_kwargs={"signer_kwargs": signer},
-            # ws_kwargs go to websockets' connect(); create_protocol lets us see how the socket closed.
+            # ws_kwargs go to websockets' connect(); create_protocol decodes hot frames (PushProtocol) and lets
+            # us see how the socket closed.
             ws_kwargs={"create_protocol": create_protocol},
         )
         _route_library_logger()
@@ -185,9 +266,13 @@ class TikTokAdapter:
                 delivered = 0
                 await asyncio.sleep(0)
             item = await queue.get()
+            if type(item) is LiveEvent:  # decoded by the push protocol
+                on_event(item)
+                delivered += 1
+                continue
             if item is _STOP:
                 return False
-            if isinstance(item, lib.LiveEndEvent):
+            if item is _LIVE_ENDED or isinstance(item, lib.LiveEndEvent):
                 return True
             if isinstance(item, lib.ConnectEvent):
                 _LOGGER.info("@%s: connected to room %s", unique_id, item.room_id)
@@ -294,31 +379,29 @@ def _retry_after(exc: Any) -> float:
     return seconds if seconds > 0 else _DEFAULT_RETRY_AFTER
 
 
-# Conversions: each reads one library event; the consumer logs and skips any that raises.
+# Conversions of library events (frames the push protocol leaves to the library, and the first fetch's
+# messages); the fast decoder builds the same LiveEvents through the same two functions.
+
+def _user(event: Any) -> tuple[str, str, int] | None:
+    user = getattr(event, "user", None)
+    return None if user is None else (user.nickname, user.display_id, user.id)
+
+
+def _msg_id(event: Any) -> int:
+    common = getattr(event, "common", None)
+    return common.msg_id if common is not None else 0
+
 
 def _base(event: Any, type_: str, **fields: Any) -> LiveEvent:
     """A LiveEvent with who sent it (if anyone) and TikTok's message id, plus the type's own fields."""
-    common = getattr(event, "common", None)
-    msg_id = common.msg_id if common is not None else 0
-    user = getattr(event, "user", None)
-    if user is not None:
-        handle = user.display_id or ""
-        fields.update(user=user.nickname or handle, username=handle, user_id=str(user.id) if user.id else "")
-    return LiveEvent(type=type_, msg_id=str(msg_id) if msg_id else "", **fields)
+    return live_event(type_, _msg_id(event), _user(event), **fields)
 
 
 def _gift(event: Any) -> LiveEvent:
-    gift = event.gift
-    live_event = _base(
-        event, "gift",
-        count=event.repeat_count or 1,  # a gift is at least one, whatever the field says
-        repeat_end=bool(event.repeat_end),
-        gift_id=gift.id if gift is not None and gift.id else event.gift_id,
-    )
-    if gift is not None:
-        live_event.gift_name, live_event.diamond_count = gift.name, gift.diamond_count
-        live_event.streakable = gift.type == 1  # ExtendedGift.streakable; parses may give a plain Gift
-    return live_event
+    gift = event.gift  # parses may give a plain Gift rather than an ExtendedGift: read the raw fields
+    described = None if gift is None else (gift.id, gift.name, gift.diamond_count, gift.type)
+    return gift_event(_msg_id(event), _user(event), event.repeat_count, event.repeat_end, event.gift_id,
+                      described)
 
 
 def _conversions(events: Any) -> dict[type, Callable[[Any], LiveEvent]]:
