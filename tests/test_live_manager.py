@@ -56,6 +56,14 @@ async def manager() -> AsyncIterator[tuple[LiveManager, SlowTeardownSource]]:
     await db.close()
 
 
+async def begin_stop(live: LiveManager, source: SlowTeardownSource, user_id: int, name: str) -> asyncio.Task:
+    """Stops the user's watch in the background and returns once its teardown is under way."""
+    stopping = asyncio.create_task(live.stop(user_id))
+    while name not in source.tearing_down:
+        await asyncio.sleep(0)
+    return stopping
+
+
 async def settle(task: asyncio.Task) -> bool:
     """Whether the task finished; the generous bound only keeps a broken build from hanging the suite."""
     await asyncio.wait({task}, timeout=5)
@@ -65,16 +73,12 @@ async def settle(task: asyncio.Task) -> bool:
 async def test_a_users_start_does_not_wait_for_another_users_teardown(manager) -> None:
     live, source = manager
     await live.start(1, "one")
-    stopping = asyncio.create_task(live.stop(1))
-    while "one" not in source.tearing_down:
-        await asyncio.sleep(0)
+    stopping = await begin_stop(live, source, 1, "one")
     starting = asyncio.create_task(live.start(2, "two"))
     assert await settle(starting)  # user 2 is watching while user 1's connection is still closing
     assert live.session(2).state == "connected"  # type: ignore[union-attr]
     assert not stopping.done() and "one" not in source.torn_down
-    stopping_two = asyncio.create_task(live.stop(2))  # and another user's stop does not queue behind it either
-    while "two" not in source.tearing_down:
-        await asyncio.sleep(0)
+    stopping_two = await begin_stop(live, source, 2, "two")  # another user's stop does not queue behind it
     source.release.set()
     await asyncio.gather(stopping, stopping_two)
     assert source.torn_down == {"one", "two"} and live.active_count() == 0
@@ -83,9 +87,7 @@ async def test_a_users_start_does_not_wait_for_another_users_teardown(manager) -
 async def test_the_same_users_start_waits_for_its_own_stop(manager) -> None:
     live, source = manager
     await live.start(1, "one")
-    stopping = asyncio.create_task(live.stop(1))
-    while "one" not in source.tearing_down:
-        await asyncio.sleep(0)
+    stopping = await begin_stop(live, source, 1, "one")
     restarting = asyncio.create_task(live.start(1, "one"))
     await asyncio.sleep(0.05)
     assert not restarting.done()  # never two watches of one user at once
