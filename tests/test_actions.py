@@ -29,9 +29,12 @@ class FakeSpeech:
     answer: str | None = "key"
     fail: bool = False
 
-    def request(self, text: str, voice: str, rate: int, *, sheddable: bool) -> str | None:
+    owners: list[int] = field(default_factory=list)
+
+    def request(self, text: str, voice: str, rate: int, *, sheddable: bool, owner: int = 0) -> str | None:
         if self.fail:
             raise RuntimeError("speech exploded")
+        self.owners.append(owner)
         self.requests.append((text, voice, rate, sheddable))
         return None if self.answer is None else f"{self.answer}{len(self.requests)}"
 
@@ -220,6 +223,7 @@ async def test_chat_mode_all_reads_with_nickname(env: Env) -> None:
     await env.set(tts_read_username=False, voice_id="en-US-GuyNeural", tts_rate=20, tts_volume=35)
     assert env.run("chat", user="Ann", message="again")["volume"] == 35
     assert env.speech.requests[-1] == ("again", "en-US-GuyNeural", 20, True)
+    assert env.speech.owners == [env.user_id, env.user_id]  # queued in the streamer's own speech queue
 
 
 async def test_chat_nickname_falls_back_to_handle_and_text_is_cut(env: Env) -> None:
@@ -293,7 +297,7 @@ async def test_volumes_and_urls(env: Env) -> None:
     assert env.run("gift", gift_name="Lion")["volume"] == 90
     assert env.run("follow")["volume"] == 40  # a sound plays at the sounds' volume whatever the event
     assert env.run("share", user="Ann") == {"tts_url": f"{MEDIA}/static/tts/key1.mp3", "volume": 70}
-    assert env.speech.requests == [("Ann shared", "en-US-GuyNeural", 0, False)]  # trigger speech is never shed
+    assert env.speech.requests == [("Ann shared", "en-US-GuyNeural", 0, False)]  # trigger speech: not the chat lane
     assert env.run("gift", gift_name="Other") == {}  # no audio, no volume
 
 

@@ -97,3 +97,27 @@ async def test_unknown_speech_file_is_404(tts_client) -> None:
         resp = await tts_client.get(path)
         assert resp.status == 404 and (await resp.json())["code"] == "not_found"
     assert keys.SPEECH in tts_client.server.app
+
+
+async def test_one_streamers_chat_flood_does_not_silence_another(make_client, engine) -> None:
+    client = await make_client(tts_engine=engine, tts={"max_concurrency": 1, "max_pending": 20},
+                               limits={"tts_per_minute": 0})
+    _, flooder = await make_user(client.server.app, "flooder")
+    _, quiet = await make_user(client.server.app, "quiet")
+
+    async def chat(token: str, user: str, message: str) -> str:
+        resp = await client.post("/v2/events/simulate", headers=bearer(token),
+                                 json={"type": "chat", "user": user, "message": message})
+        assert resp.status == 200
+        return (await resp.json())["event"]["tts_url"].removeprefix("http://testserver")
+
+    blocker = engine.hold("a: first")
+    await chat(flooder, "a", "first")  # the only speech worker is busy with the flooder's phrase
+    await engine.reached["a: first"].wait()
+    url = await chat(quiet, "b", "hello")
+    flood = [await chat(flooder, "a", f"flood {i}") for i in range(100)]
+    blocker.set()
+    audio = await client.get(url)
+    assert audio.status == 200 and await audio.read() == audio_for("b: hello")
+    assert engine.calls[:2] == ["a: first", "b: hello"]
+    assert (await client.get(flood[0])).status == 404  # the flooder's own oldest phrases gave way

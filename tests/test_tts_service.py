@@ -326,3 +326,70 @@ async def test_unknown_key_is_404(http, speech):
     assert speech.open("../../etc/passwd") is None
     async with http.get(f"/static/tts/{'f' * 32}.mp3") as resp:
         assert resp.status == 404
+
+
+async def busy_worker(service: SpeechService, engine: FakeEngine, owner: int = 1) -> asyncio.Event:
+    """Holds the only worker on a phrase of `owner`; set the returned event to let it finish."""
+    blocker = engine.hold("blocker")
+    service.request("blocker", "v", 0, sheddable=True, owner=owner)
+    await asyncio.wait_for(engine.reached["blocker"].wait(), WAIT)
+    return blocker
+
+
+async def test_one_users_chat_flood_neither_drops_nor_starves_anothers_phrase(make_service, engine):
+    service = await make_service(max_concurrency=1, max_pending=20)
+    blocker = await busy_worker(service, engine, owner=1)
+    theirs = service.request("b hello", "v", 0, sheddable=True, owner=2)
+    flood = [service.request(f"a flood {i}", "v", 0, sheddable=True, owner=1) for i in range(100)]
+    assert service.open(theirs) is not None  # the flood shed only the flooder's own oldest phrases
+    assert [service.open(k) is None for k in flood] == [True] * 80 + [False] * 20
+    blocker.set()
+    await until(lambda: isinstance(service.open(theirs), Path))
+    assert engine.calls[:2] == ["blocker", "b hello"]  # behind one synthesis of the flooder, not twenty
+
+
+async def test_users_take_turns(make_service, engine):
+    service = await make_service(max_concurrency=1, max_pending=20)
+    blocker = await busy_worker(service, engine, owner=1)
+    for i in range(3):
+        service.request(f"a{i}", "v", 0, sheddable=True, owner=1)
+    for i in range(2):
+        service.request(f"b{i}", "v", 0, sheddable=True, owner=2)
+    service.request("c0", "v", 0, sheddable=False, owner=3)
+    blocker.set()
+    await until(lambda: len(engine.calls) == 7)
+    # The flooder was served last (the blocker), so the others go first; then one phrase per user per turn.
+    assert engine.calls == ["blocker", "b0", "c0", "a0", "b1", "a1", "a2"]
+
+
+async def test_trigger_speech_is_bounded_per_user_and_sheds_the_oldest(make_service, engine, caplog):
+    caplog.set_level(logging.INFO, logger="ttboost.tts.service")
+    service = await make_service(max_concurrency=1, max_pending=20, max_pending_triggers=50)
+    blocker = await busy_worker(service, engine, owner=1)
+    joins = [service.request(f"welcome {i}", "v", 0, sheddable=False, owner=1) for i in range(3000)]
+    gone = [service.open(k) is None for k in joins]
+    assert gone == [True] * 2950 + [False] * 50  # 50 wait, the oldest 2,950 answer 404
+    other = service.request("welcome from b", "v", 0, sheddable=False, owner=2)
+    awaited = asyncio.create_task(service.generate("asked for", "v", 0, owner=1))
+    await asyncio.sleep(0)
+    service.request("one more", "v", 0, sheddable=False, owner=1)  # a generate() is never what is shed
+    blocker.set()
+    assert (await asyncio.wait_for(awaited, WAIT))[1] is False
+    await until(lambda: isinstance(service.open(other), Path))
+    assert engine.calls[:3] == ["blocker", "welcome from b", "asked for"]
+    await service.close()
+    assert sum(map(int, re.findall(r"shed 0 chat phrase\(s\) and (\d+) trigger", caplog.text))) == 2951
+
+
+async def test_a_phrase_two_users_want_is_shed_only_when_both_shed_it(make_service, engine):
+    service = await make_service(max_concurrency=1, max_pending=1)
+    blocker = await busy_worker(service, engine, owner=3)
+    shared = service.request("hello", "v", 0, sheddable=True, owner=1)
+    assert service.request("hello", "v", 0, sheddable=True, owner=2) == shared
+    service.request("a next", "v", 0, sheddable=True, owner=1)  # user 1 sheds its "hello"
+    assert service.open(shared) is not None  # user 2 still waits for it
+    service.request("b next", "v", 0, sheddable=True, owner=2)
+    assert service.open(shared) is None
+    blocker.set()
+    await until(lambda: len(engine.calls) == 3)
+    assert sorted(engine.calls) == ["a next", "b next", "blocker"]

@@ -99,7 +99,8 @@ def _speech_ctx(engine: TTSEngine | None):
         secret = await asyncio.to_thread(load_or_create_secret, config.data_dir / "tts.secret")
         speech = SpeechService(tts_engine, config.data_dir / "media" / "tts", secret.encode("ascii"),
                                max_bytes=int(config.tts.cache_max_mb * 1024 * 1024),
-                               max_concurrency=config.tts.max_concurrency, max_pending=config.tts.max_pending)
+                               max_concurrency=config.tts.max_concurrency, max_pending=config.tts.max_pending,
+                               max_pending_triggers=config.tts.max_pending_triggers)
         catalog = VoiceCatalog(tts_engine, refresh=config.tts.refresh_voices)
         await speech.start()
         await catalog.start()

@@ -53,7 +53,8 @@ class TTSConfig:
     default_voice: str = "ru-RU-SvetlanaNeural"
     cache_max_mb: float = 200.0
     max_concurrency: int = 4  # syntheses running at once
-    max_pending: int = 20  # queued chat phrases; beyond this the oldest is shed
+    max_pending: int = 20  # chat phrases waiting per user; beyond this that user's oldest is shed
+    max_pending_triggers: int = 50  # trigger phrases waiting per user; beyond this that user's oldest is shed
     edge_wss_url: str = ""  # empty: edge-tts's own service; set to point at a proxy or a fake
     refresh_voices: bool = True  # fetch the live edge voice list at start (and daily) when reachable
 

@@ -60,7 +60,7 @@ async def _speak(request: web.Request, user: User, data: dict[str, Any]) -> dict
         raise validation_error({"text": ["nothing speakable left after cleanup"]})
     speech = request.app[keys.SPEECH]
     try:
-        key, cached = await speech.generate(text, voice, rate)
+        key, cached = await speech.generate(text, voice, rate, owner=user.id)
     except TTSError as exc:
         _LOGGER.warning("tts failed for user %s (voice %s): %s", user.id, voice, exc)
         raise ApiError(502, "tts failed", "tts_failed") from None

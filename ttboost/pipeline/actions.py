@@ -32,7 +32,7 @@ _V = TypeVar("_V")
 class Speech(Protocol):
     """What the engine needs of tts.service.SpeechService."""
 
-    def request(self, text: str, voice: str, rate: int, *, sheddable: bool) -> str | None: ...
+    def request(self, text: str, voice: str, rate: int, *, sheddable: bool, owner: int = 0) -> str | None: ...
 
     def url_path(self, key: str) -> str: ...
 
@@ -133,7 +133,7 @@ class ActionEngine:
         state = self._user(user_id)
         ctx = _track(state.stream, event)
         if not self._run_triggers(user_id, state, event, ctx, settings) and event.type == "chat":
-            self._speak_chat(state, event, ctx, settings)
+            self._speak_chat(user_id, state, event, ctx, settings)
 
     def _first_message(self, user_id: int, chat: LiveEvent, first: bool | None) -> LiveEvent | None:
         """The viewer_first_message event for a viewer's first chat of the stream, if one of its triggers fired."""
@@ -201,9 +201,11 @@ class ActionEngine:
         blocklist = settings["tts_blocklist"]
         cleaned = clean_text(text, settings["tts_max_chars"])
         if cleaned and not contains_blocked(text, blocklist) and not contains_blocked(cleaned, blocklist):
-            self._speak(event, cleaned, params.get("voice_id") or settings["voice_id"], settings, sheddable=False)
+            self._speak(user_id, event, cleaned, params.get("voice_id") or settings["voice_id"], settings,
+                        sheddable=False)
 
-    def _speak_chat(self, state: _User, event: LiveEvent, ctx: Context, settings: Mapping[str, Any]) -> None:
+    def _speak_chat(self, user_id: int, state: _User, event: LiveEvent, ctx: Context,
+                    settings: Mapping[str, Any]) -> None:
         mode = settings["chat_tts_mode"]
         if not settings["tts_enabled"] or self._speech is None or mode == "off":
             return
@@ -229,12 +231,14 @@ class ActionEngine:
             if nick and not contains_blocked(nick, blocklist):  # a rude nickname is skipped, the message is read
                 text = clean_text(f"{nick}: {body}", max_chars)
         # Chat is sheddable: in a flood the oldest unspoken messages give way to new ones.
-        self._speak(event, text, settings["voice_id"], settings, sheddable=True)
+        self._speak(user_id, event, text, settings["voice_id"], settings, sheddable=True)
 
-    def _speak(self, event: LiveEvent, text: str, voice: str, settings: Mapping[str, Any], *,
+    def _speak(self, user_id: int, event: LiveEvent, text: str, voice: str, settings: Mapping[str, Any], *,
                sheddable: bool) -> None:
         assert self._speech is not None
-        key = self._speech.request(text, voice or self._default_voice, settings["tts_rate"], sheddable=sheddable)
+        # Queued in the user's own queue: the speech workers take turns between users (tts/queue.py).
+        key = self._speech.request(text, voice or self._default_voice, settings["tts_rate"], sheddable=sheddable,
+                                   owner=user_id)
         if key:
             event.extra["tts_url"] = self._media_url + self._speech.url_path(key)
             event.extra["volume"] = settings["tts_volume"]

@@ -1,9 +1,8 @@
-"""Content-addressed speech: a URL at once, synthesis queued (chat shed first), files atomic and the cache bounded."""
+"""Content-addressed speech: a URL at once, synthesis queued fairly per user, files atomic and the cache bounded."""
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import hashlib
 import hmac
 import logging
@@ -18,6 +17,8 @@ from typing import AsyncGenerator, Callable, Final
 
 from ..fileio import run_to_end, write_atomic
 from .engine import TTSEngine, TTSError, clamp_rate
+from .job import Job, JobState
+from .queue import FairQueue, Lane
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -27,57 +28,6 @@ SHED_LOG_INTERVAL: Final = 10.0  # seconds between "shed" log lines during a flo
 _TMP_PREFIX: Final = ".tmp-"  # temp files start with this; start() removes any a crash left behind
 _KEY_RE: Final = re.compile(r"[0-9a-f]{32}")
 _FILE_RE: Final = re.compile(r"([0-9a-f]{32})\.mp3")
-
-
-class _State(enum.Enum):
-    PENDING = "pending"
-    RUNNING = "running"
-    DONE = "done"
-    FAILED = "failed"  # failed, shed, or dropped at close: its URL answers 404
-
-
-class _Job:
-    """One phrase being synthesized; readers follow its chunks while it runs."""
-
-    __slots__ = ("key", "text", "voice", "rate", "state", "error", "chunks", "size", "finished", "_changed")
-
-    def __init__(self, key: str, text: str, voice: str, rate: int) -> None:
-        self.key, self.text, self.voice, self.rate = key, text, voice, rate
-        self.state = _State.PENDING
-        self.error = ""
-        self.chunks: list[bytes] = []
-        self.size = 0  # bytes
-        self.finished = asyncio.Event()
-        self._changed = asyncio.Event()  # replaced on every change, so each waiter sees exactly the next one
-
-    def add(self, chunk: bytes) -> None:
-        self.chunks.append(chunk)
-        self.size += len(chunk)
-        self._notify()
-
-    def finish(self, state: _State, error: str = "") -> None:
-        self.state, self.error = state, error
-        self.finished.set()
-        self._notify()
-
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
-
-    async def follow(self) -> AsyncGenerator[bytes, None]:
-        """Everything produced so far, then the rest as it comes; TTSError if the job fails on the way."""
-        sent = 0
-        while True:
-            if sent < len(self.chunks):
-                data = b"".join(self.chunks[sent:])  # a late reader catches up in one write
-                sent = len(self.chunks)
-                yield data
-            elif self.state is _State.DONE:
-                return
-            elif self.state is _State.FAILED:
-                raise TTSError(self.error or "synthesis failed")
-            else:
-                await self._changed.wait()
 
 
 @dataclass(slots=True)
@@ -94,28 +44,28 @@ class SpeechService:
     """
 
     def __init__(self, engine: TTSEngine, cache_dir: Path, secret: bytes, *, max_bytes: int, max_concurrency: int,
-                 max_pending: int, keep_seconds: float = 600, clock: Callable[[], float] = time.monotonic,
-                 job_timeout: float = JOB_TIMEOUT) -> None:
+                 max_pending: int, max_pending_triggers: int = 50, keep_seconds: float = 600,
+                 clock: Callable[[], float] = time.monotonic, job_timeout: float = JOB_TIMEOUT) -> None:
         self.engine = engine
         self._dir = Path(cache_dir)
         self._secret = bytes(secret)
         self._max_bytes = max_bytes
         self._concurrency = max(1, max_concurrency)
-        self._max_pending = max(0, max_pending)
         self._keep_seconds = keep_seconds
         self._clock = clock
         self._job_timeout = job_timeout
         self._files: OrderedDict[str, _Entry] = OrderedDict()  # least recently handed out first
         self._total = 0  # bytes in self._files
-        self._jobs: dict[str, _Job] = {}  # pending or running
-        self._pending_keep: OrderedDict[str, _Job] = OrderedDict()  # never shed; served first
-        self._pending_shed: OrderedDict[str, _Job] = OrderedDict()  # chat: oldest shed when too many wait
+        self._jobs: dict[str, Job] = {}  # pending or running
+        # Per user: chat and trigger phrases bounded (oldest shed), awaited ones never shed.
+        self._queue: FairQueue[Job] = FairQueue({Lane.CHAT: max(0, max_pending),
+                                                  Lane.TRIGGER: max(0, max_pending_triggers)})
         self._work = asyncio.Event()
         self._idle = 0  # workers waiting for a job
         self._workers: list[asyncio.Task[None]] = []
         self._fs_lock = asyncio.Lock()  # orders writes and evictions of the same key
         self._closed = False
-        self._shed_unlogged = 0
+        self._shed_unlogged: dict[Lane, int] = {Lane.CHAT: 0, Lane.TRIGGER: 0}
         self._shed_logged_at = -math.inf
 
     async def start(self) -> None:
@@ -138,10 +88,9 @@ class SpeechService:
         await asyncio.gather(*self._workers, return_exceptions=True)
         self._workers.clear()
         for job in list(self._jobs.values()):
-            job.finish(_State.FAILED, "speech service closed")
+            job.finish(JobState.FAILED, "speech service closed")
         self._jobs.clear()
-        self._pending_keep.clear()
-        self._pending_shed.clear()
+        self._queue.clear()
         self._log_shed(force=True)
 
     def key_for(self, text: str, voice: str, rate: int) -> str:
@@ -152,24 +101,23 @@ class SpeechService:
     def url_path(key: str) -> str:
         return f"/static/tts/{key}.mp3"
 
-    def request(self, text: str, voice: str, rate: int, *, sheddable: bool) -> str | None:
-        """The key for already-cleaned text, at once; synthesis is queued unless cached or in flight.
+    def request(self, text: str, voice: str, rate: int, *, sheddable: bool, owner: int = 0) -> str | None:
+        """The key for already-cleaned text, at once; synthesis is queued in `owner`'s queue (a user id)
+        unless cached or in flight.
 
-        Never waits. Sheddable (chat) phrases are dropped oldest first when more than max_pending wait.
+        Never waits. Of one owner's phrases, sheddable (chat) ones are dropped oldest first when more than
+        max_pending wait, trigger ones when more than max_pending_triggers wait.
         """
         if not text or self._closed:
             return None
         key = self.key_for(text, voice, rate)
         if key in self._files:
             self._touch(key)
-        elif (job := self._jobs.get(key)) is not None:
-            if not sheddable:
-                self._keep(job)
         else:
-            self._enqueue(_Job(key, text, voice, clamp_rate(rate)), sheddable)
+            self._enqueue(owner, key, text, voice, rate, Lane.CHAT if sheddable else Lane.TRIGGER)
         return key
 
-    async def generate(self, text: str, voice: str, rate: int) -> tuple[str, bool]:
+    async def generate(self, text: str, voice: str, rate: int, *, owner: int = 0) -> tuple[str, bool]:
         """(key, cached) once the audio exists; joins a job already in flight; TTSError on failure."""
         if not text:
             raise TTSError("nothing to speak")
@@ -179,14 +127,9 @@ class SpeechService:
         if key in self._files:
             self._touch(key)
             return key, True
-        job = self._jobs.get(key)
-        if job is None:
-            job = _Job(key, text, voice, clamp_rate(rate))
-            self._enqueue(job, sheddable=False)
-        else:
-            self._keep(job)
+        job = self._enqueue(owner, key, text, voice, rate, Lane.AWAITED)
         await job.finished.wait()  # bounded: job_timeout once running, and close() fails every job
-        if job.state is not _State.DONE:
+        if job.state is not JobState.DONE:
             raise TTSError(job.error or "synthesis failed")
         return key, False
 
@@ -202,40 +145,39 @@ class SpeechService:
 
     # -- queue -----------------------------------------------------------------------------------------------
 
-    def _enqueue(self, job: _Job, sheddable: bool) -> None:
-        self._jobs[job.key] = job
-        (self._pending_shed if sheddable else self._pending_keep)[job.key] = job
+    def _enqueue(self, owner: int, key: str, text: str, voice: str, rate: int, lane: Lane) -> Job:
+        """The job of `key`, queued for `owner` in `lane` unless it is running already."""
+        job = self._jobs.get(key)
+        if job is None:
+            job = self._jobs[key] = Job(key, text, voice, clamp_rate(rate))
+        elif key not in self._queue:
+            return job  # running: whoever asks follows it
         # Idle workers take jobs as soon as the loop runs: those are not really waiting.
-        allowance = self._max_pending + max(0, self._idle - len(self._pending_keep))
-        while len(self._pending_shed) > allowance:
-            _, oldest = self._pending_shed.popitem(last=False)
-            del self._jobs[oldest.key]
-            oldest.finish(_State.FAILED, "shed: too many phrases waiting")
-            self._shed_unlogged += 1
+        for shed, shed_lane in self._queue.put(owner, job, lane, spare=self._idle):
+            del self._jobs[shed.key]
+            shed.finish(JobState.FAILED, "shed: too many phrases waiting")
+            self._shed_unlogged[shed_lane] += 1
         self._log_shed()
         self._work.set()
-
-    def _keep(self, job: _Job) -> None:
-        """Someone needs this phrase for sure (POST generate, a trigger): it can no longer be shed."""
-        if self._pending_shed.pop(job.key, None) is not None:
-            self._pending_keep[job.key] = job
+        return job
 
     def _log_shed(self, *, force: bool = False) -> None:
-        if not self._shed_unlogged:
+        if not any(self._shed_unlogged.values()):
             return
         now = self._clock()
         if force or now - self._shed_logged_at >= SHED_LOG_INTERVAL:
-            _LOGGER.info("tts queue full: shed %d chat phrase(s), oldest first (%d waiting, max %d, %d running)",
-                         self._shed_unlogged, len(self._pending_shed) + len(self._pending_keep),
-                         self._max_pending, len(self._jobs) - len(self._pending_shed) - len(self._pending_keep))
-            self._shed_unlogged = 0
+            _LOGGER.info("tts queue full: shed %d chat phrase(s) and %d trigger phrase(s), oldest first of their "
+                         "user (%d waiting for %d user(s), %d running)", self._shed_unlogged[Lane.CHAT],
+                         self._shed_unlogged[Lane.TRIGGER], len(self._queue), self._queue.owners(),
+                         len(self._jobs) - len(self._queue))
+            self._shed_unlogged = dict.fromkeys(self._shed_unlogged, 0)
             self._shed_logged_at = now
 
-    async def _next_job(self) -> _Job:
+    async def _next_job(self) -> Job:
         while True:
-            for pending in (self._pending_keep, self._pending_shed):
-                if pending:
-                    return pending.popitem(last=False)[1]
+            job = self._queue.take()
+            if job is not None:
+                return job
             self._work.clear()
             self._idle += 1
             try:
@@ -249,8 +191,8 @@ class SpeechService:
             await self._run(job)
             await self._evict()
 
-    async def _run(self, job: _Job) -> None:
-        job.state = _State.RUNNING
+    async def _run(self, job: Job) -> None:
+        job.state = JobState.RUNNING
         context = (job.key, self.engine.name, job.voice, job.rate, len(job.text))
         try:
             async with asyncio.timeout(self._job_timeout):
@@ -279,14 +221,14 @@ class SpeechService:
             self._fail(job, f"{type(exc).__name__}: {exc}")
             _LOGGER.exception("tts synthesis crashed (key=%s engine=%s voice=%s rate=%+d chars=%d)", *context)
 
-    def _fail(self, job: _Job, error: str) -> None:
+    def _fail(self, job: Job, error: str) -> None:
         if self._jobs.get(job.key) is job:
             del self._jobs[job.key]
-        job.finish(_State.FAILED, error)
+        job.finish(JobState.FAILED, error)
 
     # -- cache -----------------------------------------------------------------------------------------------
 
-    async def _store(self, job: _Job) -> None:
+    async def _store(self, job: Job) -> None:
         data = b"".join(job.chunks)
         async with self._fs_lock:
             await run_to_end(asyncio.to_thread(write_atomic, self._dir, f"{job.key}.mp3", data,
@@ -297,7 +239,7 @@ class SpeechService:
             self._files[job.key] = _Entry(len(data), self._clock())
             if self._jobs.get(job.key) is job:
                 del self._jobs[job.key]
-            job.finish(_State.DONE)
+            job.finish(JobState.DONE)
         _LOGGER.debug("tts stored %s (%d bytes)", job.key, len(data))
 
     def _touch(self, key: str) -> None:
