@@ -43,6 +43,11 @@ class ServerProcess:
         self._extra_env = dict(env or {})
 
     @property
+    def cwd(self) -> Path:
+        """The working directory: beside the data dir, never the repository (a developer's .env stays out)."""
+        return self.data_dir.parent
+
+    @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
@@ -52,7 +57,8 @@ class ServerProcess:
 
     def env(self) -> dict[str, str]:
         # The caller's TTBOOST_* and the seed's legacy names must not leak into the child.
-        legacy = {"ENV", "SERVER_HOST", "TTS_BASE_URL", "WEB_ISSUE_API_KEY", "WEB_ALLOWED_PLANS", "SIGN_API_KEY"}
+        legacy = {"ENV", "SERVER_HOST", "TTS_BASE_URL", "WEB_ISSUE_API_KEY", "WEB_ALLOWED_PLANS", "SIGN_API_KEY",
+                  "DATABASE_URL"}
         env = {k: v for k, v in os.environ.items() if not k.startswith("TTBOOST_") and k not in legacy}
         env.update({
             "PYTHONUNBUFFERED": "1",
@@ -72,14 +78,14 @@ class ServerProcess:
 
     def _argv(self, *args: str) -> list[str]:
         config = ["--config", str(self.config_file)] if self.config_file else []
-        return [sys.executable, "run.py", *config, *args]
+        return [sys.executable, str(REPO_ROOT / "run.py"), *config, *args]
 
     async def start(self) -> None:
         """Starts the server and returns once /health answers 200."""
         assert self.proc is None or self.proc.poll() is not None, "already running"
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self._argv(), cwd=REPO_ROOT, env=self.env(), stdin=subprocess.DEVNULL,
+            self.proc = subprocess.Popen(self._argv(), cwd=self.cwd, env=self.env(), stdin=subprocess.DEVNULL,
                                          stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + START_TIMEOUT
         async with aiohttp.ClientSession() as session:
@@ -114,7 +120,7 @@ class ServerProcess:
 
     async def cli(self, *args: str) -> str:
         """Runs a management command on the same data (and config) as the server; returns its stdout."""
-        done = await asyncio.to_thread(subprocess.run, self._argv(*args), cwd=REPO_ROOT, env=self.env(),
+        done = await asyncio.to_thread(subprocess.run, self._argv(*args), cwd=self.cwd, env=self.env(),
                                        capture_output=True, text=True, timeout=CLI_TIMEOUT)
         if done.returncode != 0:
             raise RuntimeError(f"run.py {' '.join(args)} failed ({done.returncode}): {done.stderr}")

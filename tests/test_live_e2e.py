@@ -199,3 +199,20 @@ async def test_streams_and_events_are_recorded(live_client, fake) -> None:
     stream = await db.fetchone("SELECT * FROM stream_sessions WHERE id = ?", (stream["id"],))
     assert stream["ended_at"] is not None and stream["end_reason"] == "stopped"
     await ws.close()
+
+
+async def test_unreachable_tiktok_says_so_with_the_reason(aiohttp_client, tmp_path, caplog) -> None:
+    """Offline (nothing listens where TikTok should be): no "connection lost", since none was ever made."""
+    closed = "http://127.0.0.1:9"  # the discard port: refused at once
+    config = make_config(tmp_path / "data", tiktok={"app_url": closed, "webcast_url": closed + "/webcast",
+                                                    "sign_api_url": closed})
+    client = await aiohttp_client(create_app(config, tts_engine=FakeEngine(), reconnect_min_seconds=0.05))
+    _, token = await register(client)
+    ws = await client.ws_connect(f"/v2/ws?token={token}", headers={"Accept-Language": "en"})
+    frame = await status(ws, "reconnecting")
+    assert frame["message"].startswith("TikTok cannot be reached (") and frame["retry_in"] > 0
+    reason = frame["message"][len("TikTok cannot be reached ("):frame["message"].rindex(")")]
+    assert reason and "lost" not in frame["message"]
+    assert f"tiktok=@streamer cannot reach TikTok: {reason}" in caplog.text
+    assert "dropped" not in caplog.text
+    await ws.close()

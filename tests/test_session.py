@@ -195,3 +195,17 @@ async def test_a_second_cancel_during_the_wind_up_still_closes_the_stream(parts)
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     await assert_wound_up(parts, session, frames, "stopped")
+
+
+async def test_a_failure_before_any_connection_says_tiktok_cannot_be_reached(parts) -> None:
+    source = ScriptedSource()
+    session, frames = await session_with(parts, source)
+    (await source.next_watch()).fail(ConnectionDropped("@streamer: ConnectError: [Errno -3] name resolution"))
+    watch = await source.next_watch()
+    watch.connect()
+    watch.fail(ConnectionDropped("@streamer: TikTok closed the connection with code 1011"))
+    await source.next_watch()
+    await session.stop()
+    messages = [f["message"] for f in frames.items if f["type"] == "status" and f["state"] == "reconnecting"]
+    assert messages == ["Нет связи с TikTok (ConnectError: [Errno -3] name resolution), пробуем снова",
+                        "Связь прервалась, переподключаемся"]  # the second one had been connected

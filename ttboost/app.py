@@ -57,7 +57,7 @@ def _limiters(config: Config) -> dict[str, RateLimiter]:
 
 async def _database_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[keys.CONFIG]
-    db = Database(config.data_dir / "ttboost.db")
+    db = Database(config.database_path)
     await db.open()
     app[keys.DB] = db
     secret = config.auth.jwt_secret or await asyncio.to_thread(load_or_create_secret, config.data_dir / "jwt.secret")

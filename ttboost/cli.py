@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Awaitable, Callable
 
 from . import accounts, licenses
-from .config import Config, ConfigError, load_config
+from .config import Config, ConfigError, load_config, load_env_file
 from .db import Database
 from .errors import ApiError
 from .logsetup import setup_logging
@@ -157,7 +157,7 @@ def _read_password() -> str:
 
 async def _run(command: Command, config: Config, args: argparse.Namespace) -> int:
     # The server's own file: WAL and busy_timeout let both write safely at the same time.
-    db = Database(config.data_dir / "ttboost.db")
+    db = Database(config.database_path)
     await db.open()
     try:
         return await command(db, config, args)
@@ -168,6 +168,7 @@ async def _run(command: Command, config: Config, args: argparse.Namespace) -> in
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     try:
+        from_env_file = load_env_file()  # before the config: it reads the environment
         if args.config is not None and not Path(args.config).is_file():
             raise ConfigError(f"config: {args.config} does not exist")  # a typo must not mean "all defaults"
         config = load_config(args.config or "config.toml")
@@ -176,10 +177,11 @@ def main(argv: list[str]) -> int:
         return 2
     if args.command in (None, "serve"):
         setup_logging()
+        if from_env_file:
+            _LOGGER.info("read .env: %s", ", ".join(from_env_file))
         from .server import serve
 
-        serve(config)
-        return 0
+        return serve(config)
     setup_logging("WARNING")  # management commands print their result; only problems are logged
     command = _COMMANDS[(args.command, getattr(args, "action", None))]
     try:

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Mapping
 
+from dotenv import dotenv_values
+
 
 class ConfigError(Exception):
     """A config value is missing or wrong; the message names the key."""
@@ -35,6 +37,7 @@ class ServerConfig:
 @dataclass(frozen=True, slots=True)
 class StorageConfig:
     data_dir: str = "data"
+    database_url: str = ""  # empty: SQLite <data_dir>/ttboost.db; or sqlite:///path (legacy env DATABASE_URL)
     event_retention_days: float = 30.0  # events older than this are pruned from the event log; 0 keeps all
 
 
@@ -121,6 +124,14 @@ class Config:
         return Path(self.storage.data_dir)
 
     @property
+    def database_path(self) -> Path:
+        """The SQLite file: <data_dir>/ttboost.db, or the path of a sqlite:/// database_url."""
+        url = self.storage.database_url
+        if not url:
+            return self.data_dir / "ttboost.db"
+        return Path(_sqlite_path(url))
+
+    @property
     def public_url(self) -> str:
         return (self.server.public_url or f"http://127.0.0.1:{self.server.port}").rstrip("/")
 
@@ -156,6 +167,7 @@ _LEGACY_ENV: dict[str, tuple[str, str]] = {
     "WEB_ISSUE_API_KEY": ("auth", "web_issue_api_key"),
     "WEB_ALLOWED_PLANS": ("auth", "web_allowed_plans"),
     "SIGN_API_KEY": ("tiktok", "sign_api_key"),
+    "DATABASE_URL": ("storage", "database_url"),
 }
 _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("server", "env"): ("dev", "prod"),
@@ -230,6 +242,30 @@ def _build_plans(raw: Any) -> tuple[PlanConfig, ...]:
     return tuple(plans)
 
 
+# SQLAlchemy's URL forms, as the seed's DATABASE_URL used them: sqlite:///relative.db, sqlite:////abs/path.db,
+# also with the async driver named (sqlite+aiosqlite:///...).
+_SQLITE_URL_RE: Final = re.compile(r"sqlite(\+aiosqlite)?:///(?P<path>[^?#]+)")
+_POSTGRES_SCHEMES: Final = ("postgresql://", "postgres://", "postgresql+asyncpg://")
+
+
+def _sqlite_path(url: str) -> str:
+    match = _SQLITE_URL_RE.fullmatch(url)
+    if match is None:
+        # Only the scheme is echoed: the rest of a database URL may hold a password.
+        raise ConfigError("config: storage.database_url must be empty or sqlite:///path (got a "
+                          f"{url.partition(':')[0]!r} URL)")
+    return match["path"]
+
+
+def _check_database_url(url: str) -> None:
+    if url.startswith(_POSTGRES_SCHEMES):
+        raise ConfigError("config: storage.database_url (or DATABASE_URL) names PostgreSQL, which this version "
+                          "cannot use yet (cluster mode); leave it empty for SQLite in data_dir, or give "
+                          "sqlite:///path")
+    if url:
+        _sqlite_path(url)
+
+
 _ORIGIN_RE: Final = re.compile(r"https?://[^/\s?#]+")  # scheme://host[:port], nothing after
 
 
@@ -248,6 +284,24 @@ def _check_urls(config: Config) -> None:
         except ValueError:
             raise ConfigError(f"config: server.trusted_proxies entry {proxy!r} is not an IP address or network") \
                 from None
+
+
+def load_env_file(path: str | os.PathLike[str] = ".env",
+                  environ: typing.MutableMapping[str, str] | None = None) -> list[str]:
+    """Sets the variables of a .env file (the seed's deployments configure through one) that the environment
+    does not already have, with python-dotenv's parsing (quotes, `export`, comments, ${VAR}); the real
+    environment always wins. Returns the names it set (never log the values: they hold keys)."""
+    environ = os.environ if environ is None else environ
+    if not Path(path).is_file():
+        return []
+    try:
+        values = dotenv_values(path, encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config: cannot read {path}: {exc}") from None
+    added = [name for name, value in values.items() if value is not None and name not in environ]
+    for name in added:
+        environ[name] = values[name]  # type: ignore[assignment]  # None filtered above
+    return added
 
 
 def load_config(path: str | os.PathLike[str] | None = "config.toml",
@@ -280,6 +334,7 @@ def load_config(path: str | os.PathLike[str] | None = "config.toml",
         if config.plan(plan_id) is None:
             raise ConfigError(f"config: auth.web_allowed_plans names unknown plan {plan_id!r}")
     _check_urls(config)
+    _check_database_url(config.storage.database_url)
     if config.auth.jwt_secret and len(config.auth.jwt_secret) < 32:
         raise ConfigError("config: auth.jwt_secret must be at least 32 characters (or empty to generate one)")
     if not 4 <= config.auth.bcrypt_rounds <= 16:

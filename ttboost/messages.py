@@ -13,6 +13,9 @@ _TEXTS: Final[dict[str, tuple[str, str]]] = {
     "connected": ("Подключено к эфиру @{user}", "Connected to @{user}'s LIVE"),
     "waiting_for_live": ("@{user} сейчас не в эфире, ждём начала", "@{user} is not LIVE; waiting for the stream"),
     "reconnecting": ("Связь прервалась, переподключаемся", "Connection lost; reconnecting"),
+    # "reconnecting" when no connection was made at all (offline, DNS, refused, sign server down)
+    "tiktok_unreachable": ("Нет связи с TikTok ({reason}), пробуем снова", "TikTok cannot be reached ({reason}); "
+                           "trying again"),
     "live_ended": ("Эфир @{user} завершён", "@{user}'s LIVE has ended"),
     "error": ("Ошибка подключения к TikTok", "TikTok connection error"),
     # error codes

@@ -72,14 +72,17 @@ class LiveSession:
         if report_idle:
             self._set_state("idle")
 
-    def _set_state(self, state: str, retry_in: float | None = None) -> None:
-        """Publishes a status frame when something changed; a repeated state (re-checks while waiting) is silent."""
+    def _set_state(self, state: str, retry_in: float | None = None, note: str | None = None,
+                   **values: object) -> None:
+        """Publishes a status frame when something changed; a repeated state (re-checks while waiting) is silent.
+        note: a messages.py code whose text replaces the state's own (see Dispatcher.status)."""
         if state == self.state and retry_in == self._retry_in:
             return
         _LOGGER.info("live user=%s tiktok=@%s state %s -> %s%s", self.user_id, self.tiktok_username,
                      self.state, state, f" retry_in={retry_in:.1f}s" if retry_in is not None else "")
         self.state, self._retry_in = state, retry_in
-        self._dispatcher.status(self.user_id, state, tiktok_username=self.tiktok_username, retry_in=retry_in)
+        self._dispatcher.status(self.user_id, state, tiktok_username=self.tiktok_username, retry_in=retry_in,
+                                note=note, **values)
 
     async def _supervise(self) -> None:
         reason = "stopped"
@@ -129,11 +132,18 @@ class LiveSession:
                 continue
             except LiveError as exc:  # ConnectionDropped and anything unforeseen: transient
                 healthy = self._after_healthy()
+                reached = self._connected_at is not None
                 await self._after_watch("dropped")
                 if healthy:
                     backoff = self._timing.backoff_min
-                _LOGGER.warning("live user=%s tiktok=@%s dropped: %s", self.user_id, self.tiktok_username, exc)
-                self._set_state("reconnecting", backoff)
+                if reached:
+                    _LOGGER.warning("live user=%s tiktok=@%s dropped: %s", self.user_id, self.tiktok_username, exc)
+                    self._set_state("reconnecting", backoff)
+                else:  # offline, DNS, refused, sign server down: "connection lost" would be untrue
+                    reason = str(exc).removeprefix(f"@{self.tiktok_username}: ") or type(exc).__name__
+                    _LOGGER.warning("live user=%s tiktok=@%s cannot reach TikTok: %s", self.user_id,
+                                    self.tiktok_username, reason)
+                    self._set_state("reconnecting", backoff, note="tiktok_unreachable", reason=reason)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self._timing.backoff_max)
                 continue

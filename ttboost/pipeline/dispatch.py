@@ -59,14 +59,17 @@ class Dispatcher:
         if self._actions is not None:
             self._actions.stream_started(user_id)
 
-    def status(self, user_id: int, state: str, *, tiktok_username: str, retry_in: float | None = None) -> int:
+    def status(self, user_id: int, state: str, *, tiktok_username: str, retry_in: float | None = None,
+               note: str | None = None, **values: object) -> int:
+        """A status frame; its message is the state's text, or the text of `note` (with values) when the state
+        alone would mislead (reconnecting when no connection was ever made)."""
         channel = self.bus.get(user_id)
         language = channel.language if channel else "ru"
         payload: dict[str, Any] = {
             "state": state,
             "connected": state == "connected",
             "tiktok_username": tiktok_username,
-            "message": text(state, language, user=tiktok_username),
+            "message": text(note or state, language, user=tiktok_username, **values),
         }
         if retry_in is not None:
             payload["retry_in"] = round(retry_in, 1)

@@ -1,0 +1,87 @@
+"""Start-up as operators meet it: the seed's .env and DATABASE_URL, database_url, binding before "listening"."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.server_process import CLI_TIMEOUT, ServerProcess
+from ttboost.config import ConfigError, load_config, load_env_file
+from ttboost.server import LISTEN_FAILED_EXIT
+
+
+def test_env_file_sets_only_what_the_environment_lacks(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text('# the seed\'s deployment\nexport ENV=prod\nSERVER_HOST="https://tt.example"\n'
+                        "SIGN_API_KEY='k=1 # not a comment'\nTTS_BASE_URL=${SERVER_HOST}/media\nEMPTY=\nBARE\n",
+                        encoding="utf-8")
+    environ = {"ENV": "dev"}
+    added = load_env_file(env_file, environ)
+    assert sorted(added) == ["EMPTY", "SERVER_HOST", "SIGN_API_KEY", "TTS_BASE_URL"]
+    assert environ == {"ENV": "dev", "SERVER_HOST": "https://tt.example", "SIGN_API_KEY": "k=1 # not a comment",
+                       "TTS_BASE_URL": "https://tt.example/media", "EMPTY": ""}  # the real ENV won
+    assert load_env_file(tmp_path / "missing.env", environ) == []
+
+
+@pytest.mark.parametrize(("url", "path"), [("", "data/ttboost.db"), ("sqlite:///db/old.db", "db/old.db"),
+                                           ("sqlite:////srv/tt/app.db", "/srv/tt/app.db"),
+                                           ("sqlite+aiosqlite:///./tt.db", "tt.db")])
+def test_database_url_names_the_sqlite_file(url: str, path: str) -> None:
+    assert load_config(None, env={"DATABASE_URL": url}).database_path == Path(path)
+    both = {"DATABASE_URL": "sqlite:///legacy.db", "TTBOOST_STORAGE_DATABASE_URL": url}
+    assert load_config(None, env=both).database_path == Path(path)  # the TTBOOST_ name wins, even empty
+
+
+@pytest.mark.parametrize(("url", "needle"), [("postgresql://tt:pw@db/tt", "PostgreSQL"),
+                                             ("postgres://db/tt", "PostgreSQL"),
+                                             ("mysql://root:pw@db/tt", "sqlite:///path"), ("sqlite://", "sqlite:///path")])
+def test_unusable_database_url_stops_the_start(url: str, needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle) as info:
+        load_config(None, env={"DATABASE_URL": url})
+    assert "pw" not in str(info.value)  # a password in the URL is not echoed
+
+
+async def test_seed_env_file_configures_the_server(tmp_path: Path) -> None:
+    """An old deployment's .env in the working directory: public URL and database come from it."""
+    server = ServerProcess(tmp_path / "data")
+    (server.cwd / ".env").write_text("SERVER_HOST=https://tt.example\nDATABASE_URL=sqlite:///db/seed.db\n",
+                                     encoding="utf-8")
+    try:
+        await server.start()
+        key = await server.issue_license("nova_streamer_one_mobile")
+        async with aiohttp.ClientSession() as http:
+            async with http.get(server.url + "/") as resp:
+                assert resp.status == 200
+                assert (await resp.json())["service"] == "ttboost"
+            async with http.post(server.url + "/auth/login", json={"license_key": key}) as resp:
+                body = await resp.json()
+        assert body["ws_url"].startswith("wss://tt.example/ws/")
+        assert (server.cwd / "db" / "seed.db").is_file() and not (server.data_dir / "ttboost.db").exists()
+        log = server.log_tail(20_000)
+        assert "read .env: SERVER_HOST, DATABASE_URL" in log
+        assert f"TTBoost listening on 127.0.0.1:{server.port}, public URL https://tt.example" in log
+    finally:
+        server.stop()
+
+
+async def test_busy_port_is_one_clear_line_and_its_own_exit_code(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "data")
+    server.data_dir.mkdir(parents=True)
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", server.port))
+        squatter.listen()
+        done = await asyncio.to_thread(subprocess.run, server._argv(), cwd=server.cwd, env=server.env(),
+                                       capture_output=True, text=True, timeout=CLI_TIMEOUT)
+    output = done.stdout + done.stderr
+    assert done.returncode == LISTEN_FAILED_EXIT, output
+    assert f"ERROR ttboost.server: cannot listen on 127.0.0.1:{server.port}: the port is already in use" in output
+    assert "Traceback" not in output and "listening" not in output.replace("cannot listen", "")
+    postgres = {**server.env(), "DATABASE_URL": "postgresql://tt@db/tt"}
+    done = await asyncio.to_thread(subprocess.run, server._argv(), cwd=server.cwd, env=postgres,
+                                   capture_output=True, text=True, timeout=CLI_TIMEOUT)
+    assert done.returncode == 2 and "PostgreSQL" in done.stderr and "Traceback" not in done.stderr
