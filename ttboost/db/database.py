@@ -59,11 +59,14 @@ class Database:
         return self._conn
 
     async def _migrate(self) -> None:
-        version = await self.fetchval("PRAGMA user_version")
+        if await self.fetchval("PRAGMA user_version") >= len(MIGRATIONS):
+            return  # the usual start: nothing to do, and no write lock taken
         for number, statements in enumerate(MIGRATIONS, start=1):
-            if number <= version:
-                continue
             async with self.transaction():
+                # Read under the write lock: a CLI and a server starting together would otherwise both see
+                # the old version and both run the step.
+                if await self.fetchval("PRAGMA user_version") >= number:
+                    continue
                 for statement in statements:
                     await self.execute(statement)
                 # PRAGMA takes no parameters; number is our own int.
@@ -72,21 +75,53 @@ class Database:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[None]:
-        """BEGIN IMMEDIATE … COMMIT, or ROLLBACK on any exception: for read-then-write units."""
+        """BEGIN IMMEDIATE … COMMIT, or ROLLBACK on any exception: for read-then-write units.
+
+        The promise callers build on: if the block exits normally its writes are committed; if it raises,
+        none of them are, and the connection is out of the transaction either way. A statement handed to the
+        database thread runs even when its awaiting task is cancelled, so BEGIN, COMMIT and ROLLBACK are
+        awaited to their end (a cancel that arrives meanwhile is delivered at the caller's next await,
+        after the outcome is known): a COMMIT that succeeded is never reported as failed, so a caller that
+        re-queues on failure never writes a row twice.
+        """
         if _IN_TRANSACTION.get():
             raise RuntimeError("nested transaction")
         async with self._lock:
             token = _IN_TRANSACTION.set(True)
             try:
-                await self.conn.execute("BEGIN IMMEDIATE")
                 try:
+                    # A cancel here may still leave BEGIN running in the thread: the ROLLBACK below is
+                    # queued behind it, so it undoes it.
+                    await self.conn.execute("BEGIN IMMEDIATE")
                     yield
                 except BaseException:
-                    await asyncio.shield(self.conn.execute("ROLLBACK"))
+                    await self._rollback()
                     raise
-                await asyncio.shield(self.conn.execute("COMMIT"))
+                error = await self._settle("COMMIT")
+                if error is not None:  # disk full, I/O error, a deferred constraint: some leave it open
+                    await self._rollback()
+                    raise error
             finally:
                 _IN_TRANSACTION.reset(token)
+
+    async def _settle(self, sql: str) -> BaseException | None:
+        """Runs one statement to its end even if the caller is cancelled meanwhile; returns its error."""
+        statement = asyncio.ensure_future(self.conn.execute(sql))
+        cancelled = False
+        while not statement.done():
+            try:
+                await asyncio.wait((statement,))  # unlike shield(), a cancel here leaves us waiting for it
+            except asyncio.CancelledError:
+                cancelled = True
+        if cancelled:
+            _defer_cancel()
+        return statement.exception()
+
+    async def _rollback(self) -> None:
+        error = await self._settle("ROLLBACK")
+        # "no transaction is active": BEGIN never ran, or SQLite already rolled back (e.g. disk full).
+        if error is not None and self.conn.in_transaction:
+            _LOGGER.error("database: ROLLBACK failed, the connection is still in a transaction: %s", error)
 
     @asynccontextmanager
     async def _turn(self) -> AsyncIterator[None]:
@@ -131,3 +166,12 @@ class Database:
                 await self.conn.backup(dest)
             finally:
                 await dest.close()
+
+
+def _defer_cancel() -> None:
+    """Re-requests a cancel that was absorbed while a statement ran to its end, so it reaches the task at its
+    next await (uncancel first: the task's cancel count stays what its callers expect)."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
+        task.cancel()
