@@ -21,7 +21,7 @@ from bench.workload import SOUNDS, EventSpec, event_spec, trigger_bodies
 from ttboost.config import load_config
 from ttboost.db import Database
 from ttboost.pipeline.actions import ActionEngine
-from ttboost.pipeline.bus import EventBus
+from ttboost.pipeline.bus import EventBus, FrameTiming
 from ttboost.pipeline.combos import ComboTracker
 from ttboost.pipeline.dispatch import Dispatcher
 from ttboost.pipeline.events import LiveEvent
@@ -54,7 +54,7 @@ class _Collector:
     def __init__(self) -> None:
         self.frames = 0
 
-    def deliver(self, frame: str) -> None:
+    def deliver(self, frame: str, timing: FrameTiming | None = None) -> None:
         self.frames += 1
 
 

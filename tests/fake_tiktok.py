@@ -69,6 +69,7 @@ class FakeTikTok:
         self.connections = 0  # push sockets accepted
         self.client_frames: list[str] = []  # payload_type of every frame the client sent
         self.close_codes: list[int | None] = []  # close code of every finished push socket
+        self.create_times: dict[int, int] = {}  # msg_id -> common.create_time (Unix ms) of each message sent
 
     async def __aenter__(self) -> FakeTikTok:
         await self._tiktok.start_server()
@@ -181,7 +182,9 @@ class FakeTikTok:
         # change how betterproto2 parses later messages (LIBRARIES.md).
         self._next_id += 1
         msg_id = self._next_id if msg_id is None else msg_id
-        event.common = CommonMessageData(method=method, msg_id=msg_id, room_id=self._ws_room,
+        # TikTok stamps each message with its own create time (Unix ms) in the common header.
+        self.create_times[msg_id] = created = int(time.time() * 1000)
+        event.common = CommonMessageData(method=method, msg_id=msg_id, room_id=self._ws_room, create_time=created,
                                          display_text=Text(key=display_key) if display_key else None)
         result = ProtoMessageFetchResult(
             messages=[BaseProtoMessage(method=method, payload=bytes(event), msg_id=msg_id)],

@@ -1,4 +1,4 @@
-"""Test helpers other test modules share: a user with an active license, made by inserting rows directly."""
+"""Test helpers other test modules share: a user with an active license made by inserting rows, a clock, /metrics."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ from datetime import timedelta
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.test_utils import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from ttboost import keys
 from ttboost.security import generate_license_key
@@ -50,3 +52,17 @@ def assert_nothing_half_written(media_root: Path) -> None:
     for path in media_files(media_root):
         assert not path.name.startswith("."), f"temp file left behind: {path}"
         assert path.stat().st_size > 0, f"empty file: {path}"
+
+
+async def scrape(client: TestClient) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """GET /metrics parsed: (sample name, its labels) -> value."""
+    resp = await client.get("/metrics")
+    assert resp.status == 200, await resp.text()
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(await resp.text()) for s in family.samples}
+
+
+def sample_sum(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
+    """The sum of a sample over every label set that has `labels`."""
+    want = set(labels.items())
+    return sum(value for (n, got), value in samples.items() if n == name and want <= got)

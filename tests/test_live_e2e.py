@@ -12,6 +12,7 @@ import pytest
 from tests.conftest import make_config
 from tests.fake_tiktok import FakeTikTok
 from tests.fake_tts import FakeEngine
+from tests.helpers import sample_sum, scrape
 from tests.test_ws import recv, recv_type, register
 from ttboost import keys
 from ttboost.app import create_app
@@ -215,4 +216,52 @@ async def test_unreachable_tiktok_says_so_with_the_reason(aiohttp_client, tmp_pa
     assert reason and "lost" not in frame["message"]
     assert f"tiktok=@streamer cannot reach TikTok: {reason}" in caplog.text
     assert "dropped" not in caplog.text
+    await ws.close()
+
+
+async def _scripted_live(fake: FakeTikTok) -> int:
+    """One of each event kind that reaches the app as one frame; returns how many frames that is."""
+    await fake.send_chat(ANYA, "тайминг")
+    await fake.send_gift(BOB, 6064, "GG", 10, repeat_count=1, repeat_end=False, streakable=False)
+    await fake.send_like(BOB, 5, 50)
+    await fake.send_follow(ANYA)
+    await fake.send_viewers(3, 7)
+    return 5
+
+
+async def test_timing_frames_carry_tiktok_received_and_sent_times_in_order(live_client, fake) -> None:
+    fake.set_user("streamer")
+    client = await live_client()
+    _, token = await register(client)
+    ws = await client.ws_connect(f"/v2/ws?token={token}&timing=1")
+    assert "timing" not in await status(ws, "connected")  # only LIVE event frames are timed
+    frames = [await recv(ws) for _ in range(await _scripted_live(fake))]
+    created = set(fake.create_times.values())
+    for frame in frames:
+        timing = frame["timing"]
+        assert timing["tiktok_ms"] in created, frame
+        assert timing["tiktok_ms"] <= timing["received_ms"] <= timing["sent_ms"], frame
+    # Without ?timing=1 (a second socket replaces the first) frames stay as they were.
+    plain = await client.ws_connect(f"/v2/ws?token={token}")
+    await status(plain, "connected")
+    await fake.send_chat(BOB, "без тайминга")
+    assert "timing" not in await recv_type(plain, "chat")
+    await plain.close()
+
+
+async def test_metrics_count_every_event_delivered_to_the_app(live_client, fake) -> None:
+    fake.set_user("streamer")
+    client = await live_client()
+    ws = await app_socket(client)
+    await status(ws, "connected")
+    sent = await _scripted_live(fake)
+    types = [(await recv(ws))["type"] for _ in range(sent)]
+    samples = await scrape(client)
+    assert sample_sum(samples, "ttboost_event_latency_seconds_count") == sent
+    assert sample_sum(samples, "ttboost_pipeline_latency_seconds_count") == sent
+    for type_ in set(types):
+        assert sample_sum(samples, "ttboost_event_latency_seconds_count", type=type_) == types.count(type_)
+    assert sample_sum(samples, "ttboost_live_sessions", state="connected") == 1
+    assert sample_sum(samples, "ttboost_open_sockets", kind="app") == 1
+    assert sample_sum(samples, "ttboost_open_sockets", kind="overlay") == 0
     await ws.close()

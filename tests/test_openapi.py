@@ -136,7 +136,7 @@ async def test_upload_websockets_and_path_parameters(client: TestClient) -> None
 
     ws = ops[("GET", "/v2/ws")]
     assert "101" in ws["responses"] and "401" in ws["responses"]
-    assert {p["name"] for p in ws["parameters"] if p["in"] == "query"} == {"token", "since", "demo"}
+    assert {p["name"] for p in ws["parameters"] if p["in"] == "query"} == {"token", "since", "demo", "timing"}
     assert ws["security"] == [{"bearer": []}, {"queryToken": []}]
     assert "101" in ops[("GET", "/ws/{token}")]["responses"]
 

@@ -12,7 +12,7 @@ from tests.fake_live import ScriptedSource
 from ttboost.db import Database
 from ttboost.live.errors import ConnectionDropped, UserNotFound, UserOffline
 from ttboost.live.session import LiveSession, SessionTiming
-from ttboost.pipeline.bus import EventBus
+from ttboost.pipeline.bus import EventBus, FrameTiming
 from ttboost.pipeline.dispatch import Dispatcher
 from ttboost.pipeline.events import LiveEvent
 from tests.helpers import Clock
@@ -25,7 +25,7 @@ class Frames:
     def __init__(self) -> None:
         self.items: list[dict[str, Any]] = []
 
-    def deliver(self, frame: str) -> None:
+    def deliver(self, frame: str, timing: FrameTiming | None = None) -> None:
         self.items.append(json.loads(frame))
 
     def states(self) -> list[tuple[str, Any]]:

@@ -8,6 +8,7 @@ import logging
 import socket
 import subprocess
 import sys
+import time
 from typing import AsyncIterator, Callable
 
 import pytest
@@ -102,7 +103,12 @@ async def test_every_event_type_arrives_normalized_and_in_order(
         LiveEvent(type="subscribe", sub_month=3, **who),
         LiveEvent(type="viewer", current=120, total=4500),
     ]
-    assert w.events == [dataclasses.replace(e, msg_id=str(i)) for e, i in zip(expected, ids)]
+    # Timing: TikTok's create time from the message header, then when the adapter read it.
+    for event, msg_id in zip(w.events, ids):
+        assert fake.create_times[msg_id] == event.tiktok_ms <= event.received_ms <= time.time() * 1000
+    assert w.events == [dataclasses.replace(e, msg_id=str(i), tiktok_ms=fake.create_times[i],
+                                            received_ms=got.received_ms)
+                        for e, i, got in zip(expected, ids, w.events)]
     assert w.connected == 1
     assert fake.sign_api_keys == ["fake-key"]
     # Room lookup on the app URL and the live check on the webcast URL, both reached the fake.

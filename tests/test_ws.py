@@ -11,6 +11,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from tests.fake_live import ScriptedSource
+from tests.helpers import sample_sum, scrape
 from ttboost import keys, licenses
 from ttboost.pipeline.events import LiveEvent
 
@@ -172,6 +173,7 @@ async def test_slow_client_is_closed_while_another_user_keeps_receiving(app_clie
             break
     assert closed is not None and closed.type is aiohttp.WSMsgType.CLOSE
     assert closed.data == 1008 and closed.extra == "too slow"
+    assert sample_sum(await scrape(app_client), "ttboost_slow_client_closes_total", kind="app") == 1
     await fast.close()
 
 

@@ -14,6 +14,7 @@ from aiohttp import web
 from . import keys, openapi, ws
 from .api import auth
 from .api import events, health
+from .api import metrics as metrics_api
 from .api import openapi as openapi_api
 from .api import licenses as licenses_api
 from .api import settings as settings_api
@@ -30,6 +31,7 @@ from .pipeline.actions import ActionEngine
 from .pipeline.bus import EventBus
 from .pipeline.dispatch import Dispatcher
 from .errors import error_middleware
+from .metrics import Metrics, app_state
 from .logsetup import access_log_middleware
 from .ratelimit import ClientIP, RateLimiter
 from .security import PasswordHasher, TokenService, load_or_create_secret
@@ -100,7 +102,8 @@ def _speech_ctx(engine: TTSEngine | None):
         speech = SpeechService(tts_engine, config.data_dir / "media" / "tts", secret.encode("ascii"),
                                max_bytes=int(config.tts.cache_max_mb * 1024 * 1024),
                                max_concurrency=config.tts.max_concurrency, max_pending=config.tts.max_pending,
-                               max_pending_triggers=config.tts.max_pending_triggers)
+                               max_pending_triggers=config.tts.max_pending_triggers,
+                               on_synthesis=app[keys.METRICS].speech_done)
         catalog = VoiceCatalog(tts_engine, refresh=config.tts.refresh_voices)
         await speech.start()
         await catalog.start()
@@ -179,6 +182,8 @@ def create_app(config: Config, *, live_source: LiveSource | None = None, tts_eng
     app[keys.CLIENT_IP] = ClientIP(config.server.trusted_proxies)
     app[keys.LIMITERS] = _limiters(config)
     app[keys.SOCKETS] = SocketRegistry()
+    app[keys.METRICS] = metrics = Metrics()
+    metrics.watch(functools.partial(app_state, app))
     app.cleanup_ctx.append(_database_ctx)
     app.cleanup_ctx.append(_media_ctx)
     app.cleanup_ctx.append(_speech_ctx(tts_engine))
@@ -192,6 +197,7 @@ def create_app(config: Config, *, live_source: LiveSource | None = None, tts_eng
     app.on_response_prepare.append(_server_header)
 
     app.router.add_routes(health.routes)
+    app.router.add_routes(metrics_api.routes)
     app.router.add_routes(openapi_api.routes)
     app.router.add_routes(events.routes)
     app.router.add_routes(ws.routes)

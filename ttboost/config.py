@@ -32,6 +32,7 @@ class ServerConfig:
     tls_key: str = ""
     language: str = "ru"  # ru | en: texts of status/error frames
     shutdown_timeout: float = 5.0  # seconds given to open requests on shutdown
+    metrics_allow: tuple[str, ...] = ("127.0.0.0/8", "::1/128")  # who may read GET /metrics; empty: nobody
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,12 +279,13 @@ def _check_urls(config: Config) -> None:
     for origin in config.server.cors_origins:
         if not _ORIGIN_RE.fullmatch(origin):
             raise ConfigError(f"config: server.cors_origins entry {origin!r} must be like https://app.example.com")
-    for proxy in config.server.trusted_proxies:
-        try:
-            ipaddress.ip_network(proxy, strict=False)
-        except ValueError:
-            raise ConfigError(f"config: server.trusted_proxies entry {proxy!r} is not an IP address or network") \
-                from None
+    for key in ("trusted_proxies", "metrics_allow"):
+        for network in getattr(config.server, key):
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ConfigError(f"config: server.{key} entry {network!r} is not an IP address or network") \
+                    from None
 
 
 def load_env_file(path: str | os.PathLike[str] = ".env",

@@ -10,6 +10,7 @@ if TYPE_CHECKING:  # keys only name types; importing them here would tie every m
     from .config import Config
     from .db import Database
     from .live.manager import LiveManager
+    from .metrics import Metrics
     from .media import MediaStore
     from .openapi import OpenApiDocument
     from .pipeline.actions import ActionEngine
@@ -41,6 +42,7 @@ DISPATCHER: Final = web.AppKey["Dispatcher"]("dispatcher")
 LIVE: Final = web.AppKey["LiveManager"]("live")
 SOCKETS: Final = web.AppKey["SocketRegistry"]("sockets")
 OPENAPI: Final = web.AppKey["OpenApiDocument"]("openapi")
+METRICS: Final = web.AppKey["Metrics"]("metrics")
 
 # Per-request storage.
 USER_ID: Final = web.RequestKey("user_id", int)  # the authenticated user, for the request log line

@@ -43,5 +43,7 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
         status = response.status
         return response
     finally:
+        elapsed = time.perf_counter() - started
+        request.app[keys.METRICS].request_done(request, status, elapsed)
         _ACCESS.info("%s %s %s %d %.1fms user=%s", request.app[keys.CLIENT_IP](request), request.method, redact(request.path_qs),
-                     status, (time.perf_counter() - started) * 1000, request.get(keys.USER_ID, "-"))
+                     status, elapsed * 1000, request.get(keys.USER_ID, "-"))

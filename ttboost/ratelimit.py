@@ -57,18 +57,32 @@ class RateLimiter:
             del self._buckets[key]
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(cidrs: Iterable[str]) -> list[Network]:
+    """Addresses or CIDRs ("10.0.0.0/8", "::1") as networks; ValueError for anything else."""
+    return [ipaddress.ip_network(c, strict=False) for c in cidrs]
+
+
+def in_networks(address: str, networks: Iterable[Network]) -> bool:
+    """Whether address is inside one of networks; an IPv4-mapped IPv6 peer (::ffff:a.b.c.d) counts as IPv4."""
+    try:
+        addr = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    mapped = getattr(addr, "ipv4_mapped", None)
+    return any(addr in net or (mapped is not None and mapped in net) for net in networks)
+
+
 class ClientIP:
     """The caller's IP: the peer, or the right-most untrusted X-Forwarded-For hop when the peer is trusted."""
 
     def __init__(self, trusted: Iterable[str]) -> None:
-        self._trusted = [ipaddress.ip_network(t, strict=False) for t in trusted]
+        self._trusted = parse_networks(trusted)
 
     def _is_trusted(self, ip: str) -> bool:
-        try:
-            addr = ipaddress.ip_address(ip)
-        except ValueError:
-            return False
-        return any(addr in net for net in self._trusted)
+        return in_networks(ip, self._trusted)
 
     def __call__(self, request: web.Request) -> str:
         peer = request.remote or ""

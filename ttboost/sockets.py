@@ -9,7 +9,8 @@ from typing import Any, Final
 
 from aiohttp import WSCloseCode, web
 
-from .pipeline.bus import encode, frame_ts
+from .metrics import Metrics
+from .pipeline.bus import FrameTiming, encode, frame_ts
 from .users import User
 
 _LOGGER = logging.getLogger(__name__)
@@ -18,15 +19,40 @@ CLOSE_REPLACED: Final = 4001  # a newer connection of the same user took over
 REPLY_DRAIN_SECONDS: Final = 5.0  # seconds the reader waits for its replies to drain before "too slow"
 
 
-class Connection:
-    """One app socket. deliver() never blocks: a full queue means the client is too slow and is closed."""
+class _Timed:
+    """A LIVE event's frame on its way to the socket, with the times its timing fields are made from."""
 
-    def __init__(self, ws: web.WebSocketResponse, user: User, queue_size: int, language: str) -> None:
+    __slots__ = ("frame", "timing")
+
+    def __init__(self, frame: str, timing: FrameTiming) -> None:
+        self.frame, self.timing = frame, timing
+
+
+def with_timing(frame: str, timing: FrameTiming, sent: float) -> str:
+    """The frame with `"timing": {tiktok_ms, received_ms, sent_ms}` (spec §6), spliced into its JSON text."""
+    tiktok = str(timing.tiktok_ms) if timing.tiktok_ms else "null"
+    return (f'{frame[:-1]},"timing":{{"tiktok_ms":{tiktok},"received_ms":{timing.received_ms},'
+            f'"sent_ms":{int(sent * 1000)}}}}}')
+
+
+class Connection:
+    """One socket (the app's, or an overlay's). deliver() never blocks: a full queue means the client is too slow
+    and is closed.
+
+    kind: "app" or "overlay" (for /metrics; only the app's frames count as delivered events);
+    timing: the app asked for timing fields in event frames (?timing=1).
+    """
+
+    def __init__(self, ws: web.WebSocketResponse, user: User, queue_size: int, language: str, *,
+                 kind: str = "app", timing: bool = False, metrics: Metrics | None = None) -> None:
         self.ws = ws
         self.user = user
         self.language = language
+        self.kind = kind
+        self._timing = timing
+        self._metrics = metrics
         # +1: room for the close marker of a graceful close even when the frames filled the queue
-        self._queue: asyncio.Queue[str | tuple[int, str]] = asyncio.Queue(maxsize=queue_size + 1)
+        self._queue: asyncio.Queue[str | _Timed | tuple[int, str]] = asyncio.Queue(maxsize=queue_size + 1)
         self._queue_size = queue_size
         self._writer = asyncio.create_task(self._write(), name=f"ws-writer-{user.id}")
         self._closer: asyncio.Task[None] | None = None
@@ -34,14 +60,19 @@ class Connection:
         self._drained = asyncio.Event()  # set by the writer once the queue is down to a quarter
         self.demo: asyncio.Task[None] | None = None
 
-    def deliver(self, frame: str) -> None:
+    def deliver(self, frame: str, timing: FrameTiming | None = None) -> None:
         if self._closer is not None or self._closing_after_flush:
             return
         if self._queue.qsize() >= self._queue_size:
-            _LOGGER.warning("ws user=%s: send queue full, closing a too slow client", self.user.id)
-            self.close(WSCloseCode.POLICY_VIOLATION, "too slow")
+            _LOGGER.warning("ws user=%s: send queue full, closing a too slow %s client", self.user.id, self.kind)
+            self._too_slow()
             return
-        self._queue.put_nowait(frame)
+        self._queue.put_nowait(frame if timing is None else _Timed(frame, timing))
+
+    def _too_slow(self) -> None:
+        if self._metrics is not None and self._closer is None:
+            self._metrics.slow_close(self.kind)
+        self.close(WSCloseCode.POLICY_VIOLATION, "too slow")
 
     def send_local(self, type_: str, **fields: Any) -> None:
         """A reply to this client only (pong, bad_request): no seq, never replayed."""
@@ -71,6 +102,8 @@ class Connection:
                 if isinstance(item, tuple):
                     self._closer = asyncio.create_task(self._close(*item), name=f"ws-close-{self.user.id}")
                     return
+                if isinstance(item, _Timed):
+                    item = self._written(item)
                 await self.ws.send_str(item)
                 if self._queue.qsize() <= self._queue_size // 4:
                     self._drained.set()
@@ -81,6 +114,13 @@ class Connection:
             self.close(WSCloseCode.GOING_AWAY, "send failed")
         finally:
             self._drained.set()
+
+    def _written(self, item: _Timed) -> str:
+        """The text of a LIVE event frame about to be written, timed now (spec §6 sent_ms, §10 latencies)."""
+        sent = time.time()
+        if self._metrics is not None and self.kind == "app":
+            self._metrics.frame_written(item.timing, sent)
+        return with_timing(item.frame, item.timing, sent) if self._timing else item.frame
 
     async def backpressure(self) -> None:
         """The reader calls this after each client message. Its replies go through the same bounded queue as
@@ -96,7 +136,7 @@ class Connection:
         except TimeoutError:
             _LOGGER.warning("ws user=%s: replies not read for %.0f s, closing a too slow client", self.user.id,
                             REPLY_DRAIN_SECONDS)
-            self.close(WSCloseCode.POLICY_VIOLATION, "too slow")
+            self._too_slow()
 
     async def release(self) -> None:
         """Cancels and awaits everything this connection started."""
@@ -109,14 +149,35 @@ class Connection:
 
 
 class SocketRegistry:
-    """Open sockets by user; a new socket replaces the old (4001) and never waits for it."""
+    """Open sockets by user: the app's one (a new socket replaces the old with 4001 and never waits for it), and
+    any number of read-only overlay sockets beside it (spec §9), which never count as or replace the app's."""
 
     def __init__(self) -> None:
         self._by_user: dict[int, Connection] = {}
         self._all: set[Connection] = set()
+        self._overlays: dict[int, set[Connection]] = {}
 
     def __len__(self) -> int:
+        """Open app sockets."""
         return len(self._all)
+
+    def overlay_count(self) -> int:
+        return sum(len(conns) for conns in self._overlays.values())
+
+    def add_overlay(self, conn: Connection) -> None:
+        self._overlays.setdefault(conn.user.id, set()).add(conn)
+
+    def remove_overlay(self, conn: Connection) -> None:
+        conns = self._overlays.get(conn.user.id)
+        if conns is not None:
+            conns.discard(conn)
+            if not conns:
+                del self._overlays[conn.user.id]
+
+    def close_overlays(self, user_id: int, code: int, reason: str) -> None:
+        """Closes every overlay socket of user_id now (its key was rotated or revoked)."""
+        for conn in list(self._overlays.get(user_id, ())):
+            conn.close(code, reason)
 
     def add(self, conn: Connection) -> None:
         old = self._by_user.get(conn.user.id)
@@ -134,6 +195,7 @@ class SocketRegistry:
         return self._by_user.get(user_id)
 
     async def close_all(self) -> None:
-        for conn in list(self._all):
+        conns = [*self._all, *(c for conns in self._overlays.values() for c in conns)]
+        for conn in conns:
             conn.close(WSCloseCode.GOING_AWAY, "server shutdown")
-        await asyncio.gather(*(conn.release() for conn in list(self._all)), return_exceptions=True)
+        await asyncio.gather(*(conn.release() for conn in conns), return_exceptions=True)

@@ -36,6 +36,8 @@ class WsQuerySchema(Schema):
     token = fields.String(metadata={"description": "access token (or send Authorization: Bearer)"})
     since = fields.Integer(metadata={"description": "replay the buffered events after this seq", "minimum": 0})
     demo = fields.String(metadata={"description": "1 or true: random chat/gift events instead of LIVE"})
+    timing = fields.String(metadata={"description": "1 or true: event frames carry timing {tiktok_ms, "
+                                                    "received_ms, sent_ms} (Unix ms)"})
 
 
 _WS_DESCRIPTION: Final = ("A WebSocket upgrade: frames as in spec §6. One connection per user; a newer one "
@@ -66,7 +68,11 @@ async def ws_v2(request: web.Request) -> web.StreamResponse:
         since = _since(request.query.get("since"))
     except ValueError:
         raise validation_error({"since": ["must be a whole number ≥ 0"]}) from None
-    return await _serve(request, user, demo=request.query.get("demo") in ("1", "true"), since=since)
+    return await _serve(request, user, demo=_flag(request, "demo"), since=since, timing=_flag(request, "timing"))
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    return request.query.get(name) in ("1", "true")
 
 
 @routes.get("/ws/{token}")
@@ -80,7 +86,8 @@ async def ws_legacy(request: web.Request) -> web.StreamResponse:
     return await _serve(request, user, demo=not settings.get("tiktok_username"), since=None)
 
 
-async def _serve(request: web.Request, user: User, *, demo: bool, since: int | None) -> web.WebSocketResponse:
+async def _serve(request: web.Request, user: User, *, demo: bool, since: int | None,
+                 timing: bool = False) -> web.WebSocketResponse:
     app = request.app
     config = app[keys.CONFIG]
     dispatcher, bus, live, registry = app[keys.DISPATCHER], app[keys.BUS], app[keys.LIVE], app[keys.SOCKETS]
@@ -95,7 +102,7 @@ async def _serve(request: web.Request, user: User, *, demo: bool, since: int | N
     await ws.prepare(request)
     language = pick_language(request.headers.get("Accept-Language"), config.server.language)
     channel.language = language
-    conn = Connection(ws, user, config.limits.ws_send_queue, language)
+    conn = Connection(ws, user, config.limits.ws_send_queue, language, timing=timing, metrics=app[keys.METRICS])
     registry.add(conn)
     live.app_connected(user.id)
     try:

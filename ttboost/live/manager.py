@@ -80,6 +80,10 @@ class LiveManager:
     def active_count(self) -> int:
         return sum(1 for s in self._sessions.values() if s.running)
 
+    def states(self) -> list[str]:
+        """The state of every session (running or not), for /metrics."""
+        return [s.state for s in self._sessions.values()]
+
     def session(self, user_id: int) -> LiveSession | None:
         return self._sessions.get(user_id)
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any, Final
 
-from ttboost.pipeline.events import LiveEvent
+from ttboost.pipeline.events import LiveEvent, unix_ms
 
 STREAKABLE_GIFT_TYPE: Final = 1  # Gift.type of a combo gift (TikTokLive's ExtendedGift.streakable)
 
@@ -15,6 +16,13 @@ def live_event(type_: str, msg_id: int, user: tuple[str, str, int] | None, **fie
         nickname, handle, user_id = user
         fields.update(user=nickname or handle, username=handle, user_id=str(user_id) if user_id else "")
     return LiveEvent(type=type_, msg_id=str(msg_id) if msg_id else "", **fields)
+
+
+def stamp(event: LiveEvent, create_time: int) -> LiveEvent:
+    """Sets the event's timing: TikTok's create time (the message's common.create_time) and now, as it is read."""
+    event.tiktok_ms = unix_ms(create_time)
+    event.received_ms = int(time.time() * 1000)
+    return event
 
 
 def gift_event(msg_id: int, user: tuple[str, str, int] | None, repeat_count: int, repeat_end: int,

@@ -181,6 +181,8 @@ class LiveSession:
         return stream.id
 
     def _on_event(self, event: LiveEvent) -> None:
+        if not event.received_ms:  # a source that did not stamp it: now is the closest we know
+            event.received_ms = int(time.time() * 1000)
         if event.type == "viewer":  # TikTok repeats the count every few seconds; the app wants changes only
             counts = (event.current, event.total)
             if counts == self._viewers:

@@ -15,7 +15,7 @@ from ttboost.config import TikTokConfig
 from ttboost.live.errors import (
     Blocked, ConnectionDropped, LiveError, SignRateLimited, UserNotFound, UserOffline,
 )
-from ttboost.live.normalize import gift_event, live_event
+from ttboost.live.normalize import gift_event, live_event, stamp
 from ttboost.pipeline.events import LiveEvent
 
 _LOGGER = logging.getLogger(__name__)
@@ -280,6 +280,8 @@ class TikTokAdapter:
                 continue
             try:
                 event = lib.converters[type(item)](item)
+                common = getattr(item, "common", None)
+                stamp(event, common.create_time if common is not None else 0)
             except Exception:
                 # A payload that does not look as expected costs one event, not the connection.
                 _LOGGER.warning("@%s: skipped an unreadable %s", unique_id, type(item).__name__,

@@ -23,7 +23,7 @@ from typing import Any, Callable, Final
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
 
-from ttboost.live.normalize import gift_event, live_event
+from ttboost.live.normalize import gift_event, live_event, stamp
 from ttboost.pipeline.events import LiveEvent
 
 _PACKAGE: Final = "ttboost.webcast"
@@ -40,7 +40,7 @@ SCHEMA: Final[dict[str, tuple[tuple[str, int, str], ...]]] = {
     "ProtoMessageFetchResult": (("messages", 1, "BaseProtoMessage[]"), ("internal_ext", 5, "string"),
                                 ("need_ack", 9, "bool"), ("is_first", 11, "bool")),
     "BaseProtoMessage": (("method", 1, "string"), ("payload", 2, "bytes")),
-    "CommonMessageData": (("msg_id", 2, "int64"), ("display_text", 8, "Text")),
+    "CommonMessageData": (("msg_id", 2, "int64"), ("create_time", 4, "int64"), ("display_text", 8, "Text")),
     "Text": (("key", 1, "string"),),
     "User": (("id", 1, "int64"), ("nickname", 3, "string"), ("display_id", 38, "string")),
     "Gift": (("id", 5, "int64"), ("type", 11, "int32"), ("diamond_count", 12, "int32"), ("name", 16, "string")),
@@ -187,7 +187,7 @@ class FrameDecoder:
             raise _NotMirrored
         event = decoder[1](message)
         if event is not None:
-            events.append(event)
+            events.append(stamp(event, message.common.create_time))
         return False
 
 

@@ -24,9 +24,19 @@ _INSERT_EVENT: Final = "INSERT INTO events (user_id, session_id, seq, type, ts, 
 PRUNE_EVERY_SECONDS: Final = 3600.0  # how often rows past the retention are deleted
 
 
+@dataclass(frozen=True, slots=True)
+class FrameTiming:
+    """When an event frame's event was made and read (Unix ms); the socket adds when it wrote the frame."""
+
+    type: str
+    tiktok_ms: int  # TikTok's create time; 0 when the event carried none (simulate, demo)
+    received_ms: int
+
+
 class Subscriber(Protocol):
-    def deliver(self, frame: str) -> None:
-        """Takes one encoded frame without blocking (a slow client is dropped, never waited on)."""
+    def deliver(self, frame: str, timing: FrameTiming | None = None) -> None:
+        """Takes one encoded frame without blocking (a slow client is dropped, never waited on); timing is
+        given with a LIVE event's frame as it is published, never with replayed ones."""
 
 
 _RESERVED: Final = frozenset({"type", "seq", "ts"})  # frame keys publish() puts before the payload's own
@@ -93,6 +103,7 @@ class Channel:
     state: str | None = None  # the state that status reported
     stream: StreamRef | None = None  # the LIVE stream now being watched, if any
     language: str = "ru"  # language of the connected app, for status/error texts
+    overlays: set[Subscriber] = field(default_factory=set)  # read-only overlay sockets (spec §9), any number
     meta: dict[str, Any] = field(default_factory=dict)
 
 
@@ -114,6 +125,7 @@ class EventBus:
         self._pending: list[tuple[Any, ...]] = []
         self._wakeup = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
+        self.write_errors = 0  # failed batch writes and dropped rows, for /metrics
 
     async def start(self) -> None:
         self._writer = asyncio.create_task(self._write_log(), name="event-log-writer")
@@ -151,7 +163,8 @@ class EventBus:
     def get(self, user_id: int) -> Channel | None:
         return self._channels.get(user_id)
 
-    def publish(self, user_id: int, type_: str, payload: dict[str, Any], *, log: bool = True) -> int:
+    def publish(self, user_id: int, type_: str, payload: dict[str, Any], *, log: bool = True,
+                timing: FrameTiming | None = None) -> int:
         """Numbers, buffers, delivers and logs one frame; the channel must exist (see channel())."""
         channel = self._channels[user_id]
         channel.seq += 1
@@ -166,7 +179,9 @@ class EventBus:
             channel.last_status = (channel.seq, frame)
             channel.state = payload["state"]
         if channel.subscriber is not None:
-            channel.subscriber.deliver(frame)
+            channel.subscriber.deliver(frame, timing)
+        for overlay in channel.overlays:
+            overlay.deliver(frame, timing)
         if log:
             self._pending.append((user_id, channel.stream, channel.seq, type_, ts, body))
             if len(self._pending) > LOG_MAX_PENDING:
@@ -191,6 +206,19 @@ class EventBus:
         channel = self._channels.get(user_id)
         if channel is not None and channel.subscriber is subscriber:
             channel.subscriber = None
+
+    def attach_overlay(self, user_id: int, subscriber: Subscriber) -> None:
+        self._channels[user_id].overlays.add(subscriber)
+
+    def detach_overlay(self, user_id: int, subscriber: Subscriber) -> None:
+        channel = self._channels.get(user_id)
+        if channel is not None:
+            channel.overlays.discard(subscriber)
+
+    @property
+    def pending_rows(self) -> int:
+        """Event-log rows waiting for the next batch write."""
+        return len(self._pending)
 
     def _trim(self, channel: Channel, now: float) -> None:
         buffer = channel.buffer
@@ -224,6 +252,7 @@ class EventBus:
             try:
                 await self._flush()
             except Exception:  # a failing disk must not stop the stream; rows stay queued (bounded)
+                self.write_errors += 1
                 _LOGGER.exception("event log: batch write failed")
 
     async def _flush(self) -> None:
@@ -249,4 +278,5 @@ class EventBus:
             try:
                 await self._insert([row])
             except (ValueError, UnicodeError, sqlite3.Error) as exc:
+                self.write_errors += 1
                 _LOGGER.error("event log: dropped event seq %s of user %s: %s", row[2], row[0], exc)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Protocol
 
 from ..messages import text
-from .bus import EventBus
+from .bus import EventBus, FrameTiming
 from .events import LiveEvent
 
 _LOGGER = logging.getLogger(__name__)
@@ -50,9 +51,14 @@ class Dispatcher:
                 follow_up = self._actions.apply(user_id, event, first_message=first_message)
             except Exception:  # an action bug costs the audio, never the event
                 _LOGGER.exception("actions failed for user %s on %s", user_id, event.type)
-        published = [(self.bus.publish(user_id, event.type, event.to_payload()), event)]
-        if follow_up is not None:
-            published.append((self.bus.publish(user_id, follow_up.type, follow_up.to_payload()), follow_up))
+        if not event.received_ms:  # simulate, demo: the server "reads" it now
+            event.received_ms = int(time.time() * 1000)
+        timing = FrameTiming(event.type, event.tiktok_ms, event.received_ms)
+        published = [(self.bus.publish(user_id, event.type, event.to_payload(), timing=timing), event)]
+        if follow_up is not None:  # made from the same TikTok message: the same times
+            follow_timing = FrameTiming(follow_up.type, event.tiktok_ms, event.received_ms)
+            published.append((self.bus.publish(user_id, follow_up.type, follow_up.to_payload(),
+                                               timing=follow_timing), follow_up))
         return published
 
     def stream_started(self, user_id: int) -> None:

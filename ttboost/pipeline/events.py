@@ -36,6 +36,11 @@ class LiveEvent:
     current: int = 0  # viewer: current viewers
     sub_month: int = 0  # subscribe
     msg_id: str = ""  # TikTok message id; duplicate deliveries share it
+    # Timing (spec §6 ?timing=1, §10 latency histograms). Every LiveSource fills tiktok_ms from the message's
+    # own header (common.create_time) when TikTok sent one; received_ms is stamped by the session (LIVE) or the
+    # dispatcher (simulate, demo) when left 0.
+    tiktok_ms: int = 0  # TikTok's create time, Unix ms; 0 when the message carried none
+    received_ms: int = 0  # when the server read the event, Unix ms
     # What the action hook decided: sound_url / tts_url / volume (spec §6 optional fields).
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -61,3 +66,14 @@ class LiveEvent:
             out["sub_month"] = self.sub_month
         out.update(self.extra)
         return out
+
+
+_SECONDS_BEFORE: Final = 100_000_000_000  # a Unix time below this is in seconds (ms would be before 1973)
+
+
+def unix_ms(value: int | None) -> int:
+    """A TikTok create time as Unix ms (TikTok sends ms; a value small enough to be seconds is taken as seconds,
+    so a source that sends seconds cannot report 1970); 0 or a negative value means none."""
+    if not value or value < 0:
+        return 0
+    return value * 1000 if value < _SECONDS_BEFORE else value

@@ -45,7 +45,8 @@ class SpeechService:
 
     def __init__(self, engine: TTSEngine, cache_dir: Path, secret: bytes, *, max_bytes: int, max_concurrency: int,
                  max_pending: int, max_pending_triggers: int = 50, keep_seconds: float = 600,
-                 clock: Callable[[], float] = time.monotonic, job_timeout: float = JOB_TIMEOUT) -> None:
+                 clock: Callable[[], float] = time.monotonic, job_timeout: float = JOB_TIMEOUT,
+                 on_synthesis: Callable[[str, float], None] | None = None) -> None:
         self.engine = engine
         self._dir = Path(cache_dir)
         self._secret = bytes(secret)
@@ -54,6 +55,7 @@ class SpeechService:
         self._keep_seconds = keep_seconds
         self._clock = clock
         self._job_timeout = job_timeout
+        self._on_synthesis = on_synthesis  # (engine name, seconds) of each phrase synthesized and stored
         self._files: OrderedDict[str, _Entry] = OrderedDict()  # least recently handed out first
         self._total = 0  # bytes in self._files
         self._jobs: dict[str, Job] = {}  # pending or running
@@ -191,8 +193,14 @@ class SpeechService:
             await self._run(job)
             await self._evict()
 
+    @property
+    def pending(self) -> int:
+        """Phrases waiting for a worker."""
+        return len(self._queue)
+
     async def _run(self, job: Job) -> None:
         job.state = JobState.RUNNING
+        started = time.perf_counter()
         context = (job.key, self.engine.name, job.voice, job.rate, len(job.text))
         try:
             async with asyncio.timeout(self._job_timeout):
@@ -208,6 +216,8 @@ class SpeechService:
             if not job.size:
                 raise TTSError("engine returned no audio")
             await self._store(job)
+            if self._on_synthesis is not None:
+                self._on_synthesis(self.engine.name, time.perf_counter() - started)
         except asyncio.CancelledError:
             self._fail(job, "cancelled")
             raise
