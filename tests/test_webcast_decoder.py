@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import random
 from typing import Any
 
 import pytest
 
+from ttboost.live.normalize import stamp
 from ttboost.live.tiktok import _load_library
 from ttboost.pipeline.events import LiveEvent
 
@@ -35,7 +37,9 @@ def _message(method: str, event: Any, msg_id: int, key: str = "") -> Any:
     from TikTokLive.proto import BaseProtoMessage, CommonMessageData
     from TikTokLiveProto.v3.webcast.model.message.common import Text
 
-    event.common = CommonMessageData(method=method, msg_id=msg_id, display_text=Text(key=key) if key else None)
+    # create_time: TikTok's own stamp (Unix ms), varied per message so a decoder that drops it is seen.
+    event.common = CommonMessageData(method=method, msg_id=msg_id, create_time=1_790_000_000_000 + msg_id * 7,
+                                     display_text=Text(key=key) if key else None)
     return BaseProtoMessage(method=method, payload=bytes(event), msg_id=msg_id)
 
 
@@ -118,13 +122,17 @@ async def _library(lib: Any, client: Any, data: bytes) -> tuple[list[Any], bytes
         if isinstance(event, lib.LiveEndEvent):
             out.append(LIVE_END)  # the adapter stops reading there
             break
-        if type(event) in lib.converters:
-            out.append(lib.converters[type(event)](event))
+        if type(event) in lib.converters:  # as the adapter's consumer converts and stamps them
+            out.append(stamp(lib.converters[type(event)](event), event.common.create_time))
     ack = None
     if response.need_ack:
         ack = bytes(WebcastPushFrame(payload_type="ack", payload_encoding="pb", log_id=frame.log_id,
                                      payload=(response.internal_ext or "-").encode()))
     return out, ack
+
+
+def _read_now(event: Any) -> Any:
+    return dataclasses.replace(event, received_ms=0) if isinstance(event, LiveEvent) else event
 
 
 async def test_fast_path_gives_the_library_events_and_acks(lib: Any, client: Any) -> None:
@@ -134,7 +142,10 @@ async def test_fast_path_gives_the_library_events_and_acks(lib: Any, client: Any
         decoded = lib.decoder.decode(data)
         assert decoded is not None  # none of these needs the library: the comparison below is not vacuous
         fast = [*decoded.events, *([LIVE_END] if decoded.live_ended else [])]
-        assert (fast, decoded.ack) == await _library(lib, client, data)
+        library, ack = await _library(lib, client, data)
+        # received_ms is when each path read the event: the same up to the ms the two reads are apart.
+        assert [_read_now(e) for e in fast] == [_read_now(e) for e in library] and decoded.ack == ack
+        assert all(e.tiktok_ms and e.received_ms for e in fast if isinstance(e, LiveEvent))
         kinds.update(e.type if isinstance(e, LiveEvent) else e for e in fast)
     assert kinds == {"chat", "gift", "like", "viewer_join", "follow", "share", "subscribe", "viewer", LIVE_END}
     assert max(len(lib.decoder.decode(d).events) for d in corpus) >= 30  # the 50-message frames were read whole
