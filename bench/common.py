@@ -96,6 +96,12 @@ def machine() -> dict[str, Any]:
             "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3]}
 
 
+def server_tree() -> Path:
+    """The checkout whose run.py the benchmarks start: this one, or BENCH_SERVER_TREE (e.g. an older commit
+    exported with `git archive`, to measure before and after side by side with the same benchmark code)."""
+    return Path(os.environ.get("BENCH_SERVER_TREE", REPO))
+
+
 class Server:
     """`python run.py` (or another script) as a child process on 127.0.0.1, configured by TTBOOST_* variables.
 
@@ -141,7 +147,7 @@ class Server:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         self.spawned_at = time.perf_counter()
-        self.proc = subprocess.Popen([sys.executable, self._script], cwd=REPO, env=self.env, stdout=log,
+        self.proc = subprocess.Popen([sys.executable, self._script], cwd=server_tree(), env=self.env, stdout=log,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         log.close()
 

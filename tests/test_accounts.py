@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 
 from tests.conftest import JWT_SECRET
+from tests.helpers import Clock
 from ttboost import keys, licenses
-from ttboost.security import TokenService
+from ttboost.security import TokenClaims, TokenService
 from ttboost.timeutil import parse_iso, utcnow
 
 PLAN = "nova_streamer_one_mobile"
@@ -192,6 +193,17 @@ async def test_bad_tokens_are_refused(client) -> None:
     for headers in ({}, {"Authorization": token}, bearer("garbage"), bearer(tampered), bearer(alg_none),
                     bearer(expired), bearer(other_secret)):
         await assert_error(await client.get("/v2/auth/me", headers=headers), 401, "invalid token")
+
+
+def test_a_remembered_token_still_expires_and_others_are_still_checked() -> None:
+    clock = Clock(time.time())
+    service = TokenService(JWT_SECRET, 60, clock=clock)
+    token = service.issue(7, 3)
+    assert service.decode(token) == service.decode(token) == TokenClaims(7, 3, float(int(clock.now) + 60))
+    forged = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")  # same claims, bad signature
+    assert service.decode(forged) is None
+    clock.now += 60
+    assert service.decode(token) is None  # exp <= now: expired, as PyJWT decides
 
 
 async def test_password_change_revokes_older_tokens(client) -> None:

@@ -146,3 +146,22 @@ def test_a_missing_config_file_named_on_the_command_line_is_an_error(tmp_path, c
     code = cli.main(["--config", str(tmp_path / "typo.toml"), "license", "list"])
     assert code == 2
     assert "typo.toml does not exist" in capsys.readouterr().err
+
+
+async def test_revoke_and_passwd_by_the_cli_reach_a_polling_app_at_once(app_client, config_file, capsys,
+                                                                          monkeypatch) -> None:
+    """/me and token checks are served from memory; a change by the CLI (another connection) ends that."""
+    _, out, _ = await run_cli(config_file, capsys, "license", "issue", "--plan", PLAN, "--days", "30")
+    key = out.strip()
+    token = (await (await redeem(app_client, key)).json())["access_token"]
+    headers = {"Authorization": f"Bearer {token}"}
+    for _ in range(2):  # the second answer comes from the cache
+        me = await app_client.get("/v2/auth/me", headers=headers)
+        assert (await me.json())["license_active"] is True
+    assert (await run_cli(config_file, capsys, "license", "revoke", key))[0] == 0
+    me = await app_client.get("/v2/auth/me", headers=headers)
+    assert me.status == 200 and (await me.json())["license_active"] is False
+    monkeypatch.setattr("sys.stdin", io.StringIO("new-secret\n"))
+    assert (await run_cli(config_file, capsys, "user", "passwd", "streamer"))[0] == 0
+    me = await app_client.get("/v2/auth/me", headers=headers)
+    assert me.status == 401 and (await me.json())["detail"] == "invalid token"

@@ -183,12 +183,19 @@ async def extend(db: Database, key: str, days: int, now: datetime | None = None)
 
 async def plan_for_user(db: Database, user_id: int, now: datetime | None = None) -> UserPlan:
     """Plan and expiry of the user's active, latest-expiring license; else the latest expired one, inactive."""
-    row = await db.fetchone(
-        "SELECT plan, expires_at, expires_at > ? AS live FROM licenses WHERE user_id = ? AND status = 'active' "
-        "ORDER BY expires_at DESC LIMIT 1", (iso(now or utcnow()), user_id))
-    if row is None:  # nothing bound, or only revoked keys: a revoked key's plan is not the user's plan
+    async def load() -> tuple[str, str] | None:
+        row = await db.fetchone("SELECT plan, expires_at FROM licenses WHERE user_id = ? AND status = 'active' "
+                                "ORDER BY expires_at DESC LIMIT 1", (user_id,))
+        return None if row is None else (row["plan"], row["expires_at"])
+
+    # Every token check of the sockets and /me asks: from memory until the database changes (a redeem, a
+    # revoke by the CLI); only the clock is read anew.
+    found = await db.cached(("plan", user_id), load)
+    if found is None:  # nothing bound, or only revoked keys: a revoked key's plan is not the user's plan
         return UserPlan(None, None, False)
-    return UserPlan(row["plan"], row["expires_at"], bool(row["live"]))
+    plan, expires_at = found
+    # The same text comparison SQLite made in the query before (ISO timestamps order as text).
+    return UserPlan(plan, expires_at, expires_at is not None and expires_at > iso(now or utcnow()))
 
 
 async def has_active_license(db: Database, user_id: int) -> bool:

@@ -29,8 +29,12 @@ _COLUMNS = "id, username, password_hash, token_version, settings, created_at"
 
 
 async def get_user(db: Database, user_id: int) -> User | None:
-    row = await db.fetchone(f"SELECT {_COLUMNS} FROM users WHERE id = ?", (user_id,))
-    return None if row is None else User.from_row(row)
+    """The user (from memory until the database changes: every token check reads it)."""
+    async def load() -> User | None:
+        row = await db.fetchone(f"SELECT {_COLUMNS} FROM users WHERE id = ?", (user_id,))
+        return None if row is None else User.from_row(row)
+
+    return await db.cached(("user", user_id), load)
 
 
 async def get_user_by_name(db: Database, username: str) -> User | None:

@@ -7,11 +7,12 @@ import contextvars
 import logging
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator, Final, Iterable, Sequence
+from typing import Any, AsyncIterator, Awaitable, Callable, Final, Hashable, Iterable, Sequence, TypeVar
 
 import aiosqlite
 
 from .migrations import MIGRATIONS
+from .readcache import ReadCache
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -21,6 +22,7 @@ BUSY_TIMEOUT_MS: Final = 5000  # the CLI may write while the server runs; wait t
 _IN_TRANSACTION: contextvars.ContextVar[bool] = contextvars.ContextVar("ttboost_db_tx", default=False)
 
 Row = aiosqlite.Row
+T = TypeVar("T")
 
 
 class Database:
@@ -35,6 +37,7 @@ class Database:
         self.path = str(path)
         self._conn: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
+        self._reads = ReadCache()
 
     async def open(self) -> None:
         if self.path != ":memory:":
@@ -45,10 +48,13 @@ class Database:
                        f"busy_timeout={BUSY_TIMEOUT_MS}"):
             await self._conn.execute(f"PRAGMA {pragma}")
         await self._migrate()
+        if self.path != ":memory:":
+            self._reads.open(self.path + "-shm")  # exists once WAL mode is on, while a connection is open
 
     async def close(self) -> None:
         if self._conn is not None:
             async with self._lock:
+                self._reads.close()
                 await self._conn.close()
                 self._conn = None
 
@@ -157,6 +163,14 @@ class Database:
     async def fetchval(self, sql: str, params: Sequence[Any] = ()) -> Any:
         row = await self.fetchone(sql, params)
         return None if row is None else row[0]
+
+    async def cached(self, key: Hashable, load: Callable[[], Awaitable[T]]) -> T:
+        """`load()`'s value, reused until the next commit to the database (by this process or another).
+
+        For hot reads whose rows rarely change (the account behind a token, its plan). Inside a transaction
+        the cache is bypassed: the transaction's own uncommitted writes do not move the counter.
+        """
+        return await self._reads.get(key, load, bypass=_IN_TRANSACTION.get())
 
     async def backup(self, target: Path | str) -> None:
         """SQLite online backup into a new file (consistent while the server writes)."""
