@@ -6,7 +6,7 @@ import asyncio
 import functools
 import logging
 import time
-from typing import AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 import aiohttp_cors
 from aiohttp import web
@@ -19,6 +19,7 @@ from .api import openapi as openapi_api
 from .api import licenses as licenses_api
 from .api import settings as settings_api
 from .api import sounds as sounds_api
+from .api import streams as streams_api
 from .api import triggers as triggers_api
 from .api import tts as tts_api
 from .config import Config
@@ -41,6 +42,8 @@ from .tts.catalog import VoiceCatalog
 from .tts.engine import TTSEngine
 from .tts.service import SpeechService
 from .sockets import SocketRegistry
+from .streams.recorder import StreamRecorder
+from .streams.rehearsal import NotCounted, Pacer, Rehearsals
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -131,9 +134,11 @@ async def _rules_ctx(app: web.Application) -> AsyncIterator[None]:
 def _live_ctx(source: LiveSource | None, backoff_min: float):
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         config = app[keys.CONFIG]
+        recorder = StreamRecorder(app[keys.DB])  # the figures of each stream, fed by the bus
+        await recorder.start()
         bus = EventBus(app[keys.DB], replay_events=config.limits.replay_events,
                        replay_seconds=config.limits.replay_seconds, language=config.server.language,
-                       retention_seconds=config.storage.event_retention_days * 86400)
+                       retention_seconds=config.storage.event_retention_days * 86400, recorder=recorder)
         await bus.start()
         dispatcher = Dispatcher(bus, app[keys.ACTIONS])
         if source is None:
@@ -147,9 +152,31 @@ def _live_ctx(source: LiveSource | None, backoff_min: float):
                            license_active=functools.partial(has_active_license, db), backoff_min=backoff_min)
         await live.start_reaper()
         app[keys.BUS], app[keys.DISPATCHER], app[keys.LIVE] = bus, dispatcher, live
+        app[keys.RECORDER] = recorder
         yield
         await live.close()
         await bus.close()
+        await recorder.close()  # after the last frames (combos flushed by the sessions' stop)
+
+    return ctx
+
+
+def _rehearsals_ctx(pacer: Pacer | None):
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        """After live: rehearsals stop before the bus closes."""
+        config = app[keys.CONFIG]
+
+        def engine(stream_clock: Callable[[], float]) -> ActionEngine:
+            # Its own engine per rehearsal: fresh cooldowns and per-stream counters, running on the recorded
+            # time, and firings that do not count.
+            triggers: Any = NotCounted(app[keys.TRIGGERS])
+            return ActionEngine(app[keys.SETTINGS], triggers, app[keys.SPEECH], media_url=config.media_url,
+                                default_voice=config.tts.default_voice, clock=stream_clock)
+
+        rehearsals = Rehearsals(app[keys.DB], app[keys.BUS], engine, pacer)
+        app[keys.REHEARSALS] = rehearsals
+        yield
+        await rehearsals.close()
 
     return ctx
 
@@ -165,12 +192,12 @@ async def _close_sockets(app: web.Application) -> None:
 
 
 def create_app(config: Config, *, live_source: LiveSource | None = None, tts_engine: TTSEngine | None = None,
-               reconnect_min_seconds: float = 1.0) -> web.Application:
+               reconnect_min_seconds: float = 1.0, rehearsal_pacer: Pacer | None = None) -> web.Application:
     """The whole server as one aiohttp application; tests build it the same way with fakes injected.
 
     live_source replaces the TikTok adapter (tests of the pipeline), tts_engine the configured speech engine;
     reconnect_min_seconds is the first
-    back-off step (tests shrink it instead of sleeping).
+    back-off step (tests shrink it instead of sleeping); rehearsal_pacer replaces real time for rehearsals.
     """
     app = web.Application(
         middlewares=[access_log_middleware, error_middleware],
@@ -189,6 +216,7 @@ def create_app(config: Config, *, live_source: LiveSource | None = None, tts_eng
     app.cleanup_ctx.append(_speech_ctx(tts_engine))
     app.cleanup_ctx.append(_rules_ctx)
     app.cleanup_ctx.append(_live_ctx(live_source, reconnect_min_seconds))
+    app.cleanup_ctx.append(_rehearsals_ctx(rehearsal_pacer))
     app[keys.OPENAPI] = openapi.OpenApiDocument()
     # First at startup, before any resource opens: by then every route (CORS too) exists, and one without
     # docs stops the server rather than silently missing from /v2/openapi.json.
@@ -207,6 +235,7 @@ def create_app(config: Config, *, live_source: LiveSource | None = None, tts_eng
     app.router.add_routes(triggers_api.routes)
     app.router.add_routes(tts_api.routes)
     app.router.add_routes(sounds_api.routes)
+    app.router.add_routes(streams_api.routes)
     _setup_cors(app, config)
     return app
 

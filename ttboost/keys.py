@@ -23,6 +23,8 @@ if TYPE_CHECKING:  # keys only name types; importing them here would tie every m
     from .tts.catalog import VoiceCatalog
     from .tts.service import SpeechService
     from .sockets import SocketRegistry
+    from .streams.recorder import StreamRecorder
+    from .streams.rehearsal import Rehearsals
 
 CONFIG: Final = web.AppKey["Config"]("config")
 DB: Final = web.AppKey["Database"]("db")
@@ -41,6 +43,8 @@ BUS: Final = web.AppKey["EventBus"]("bus")
 DISPATCHER: Final = web.AppKey["Dispatcher"]("dispatcher")
 LIVE: Final = web.AppKey["LiveManager"]("live")
 SOCKETS: Final = web.AppKey["SocketRegistry"]("sockets")
+RECORDER: Final = web.AppKey["StreamRecorder"]("recorder")
+REHEARSALS: Final = web.AppKey["Rehearsals"]("rehearsals")
 OPENAPI: Final = web.AppKey["OpenApiDocument"]("openapi")
 METRICS: Final = web.AppKey["Metrics"]("metrics")
 

@@ -62,7 +62,9 @@ async def simulate(request: web.Request) -> web.Response:
     await dispatcher.prepare(user.id)
     event = simulated_event(data)
     # Simulating viewer_first_message tests that trigger: the viewer counts as new to the stream every time.
-    published = dispatcher.dispatch_all(user.id, event, first_message=data["type"] == "viewer_first_message" or None)
+    # live=False: a simulated event is no part of the LIVE's history or figures.
+    published = dispatcher.dispatch_all(user.id, event, first_message=data["type"] == "viewer_first_message" or None,
+                                        live=False)
     (seq, _), *follow_up = published
     body: dict[str, Any] = {"status": "ok", "seq": seq, "event": {"type": event.type, **event.to_payload()}}
     for follow_seq, follow in follow_up:

@@ -76,4 +76,43 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "CREATE INDEX events_user_seq ON events(user_id, seq)",
         "CREATE INDEX events_ts ON events(ts)",  # retention pruning
     ),
+    (  # 2: stream figures (spec §8), kept as the stream runs so they outlive the event log's retention
+        *(f"ALTER TABLE stream_sessions ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0" for column in (
+            "diamonds", "gifts", "likes", "chats", "follows", "shares", "joins", "subscribes", "peak_viewers",
+            "unique_chatters")),
+        # ts of the last recorded frame (seconds): where a stream a crash cut off is closed at the next start
+        "ALTER TABLE stream_sessions ADD COLUMN last_event_at TEXT",
+        # Portable column names (no "user"): the same statements must run on PostgreSQL in cluster mode.
+        """CREATE TABLE stream_gifters (
+            session_id INTEGER NOT NULL REFERENCES stream_sessions(id) ON DELETE CASCADE,
+            username TEXT NOT NULL,
+            display_name TEXT NOT NULL,
+            diamonds INTEGER NOT NULL,
+            gifts INTEGER NOT NULL,
+            PRIMARY KEY (session_id, username)
+        )""",
+        """CREATE TABLE stream_gifts (
+            session_id INTEGER NOT NULL REFERENCES stream_sessions(id) ON DELETE CASCADE,
+            gift_id INTEGER NOT NULL,
+            gift_name TEXT NOT NULL,
+            count INTEGER NOT NULL,
+            diamonds INTEGER NOT NULL,
+            PRIMARY KEY (session_id, gift_id, gift_name)
+        )""",
+        """CREATE TABLE stream_minutes (
+            session_id INTEGER NOT NULL REFERENCES stream_sessions(id) ON DELETE CASCADE,
+            minute TEXT NOT NULL,  -- 2026-11-30T20:15:00Z
+            diamonds INTEGER NOT NULL,
+            chats INTEGER NOT NULL,
+            likes INTEGER NOT NULL,
+            viewers INTEGER,  -- the highest count of the minute's viewer frames; NULL: none came
+            PRIMARY KEY (session_id, minute)
+        )""",
+        """CREATE TABLE stream_chatters (
+            session_id INTEGER NOT NULL REFERENCES stream_sessions(id) ON DELETE CASCADE,
+            username TEXT NOT NULL,
+            PRIMARY KEY (session_id, username)
+        )""",
+        "CREATE INDEX events_session_seq ON events(session_id, seq)",  # a stream's events, in order
+    ),
 )

@@ -18,6 +18,9 @@ async def end_stream(db: Database, session_id: int, reason: str) -> None:
 
 
 async def close_dangling(db: Database) -> int:
-    """Rows left open by a crash are closed at start-up, so no stream looks live forever."""
-    return await db.execute("UPDATE stream_sessions SET ended_at = started_at, end_reason = 'crashed' "
-                            "WHERE ended_at IS NULL")
+    """Rows left open by a crash are closed at start-up, so no stream looks live forever: they end with the
+    last frame their figures recorded (the start, if none), and keep the figures written before the crash."""
+    return await db.execute(
+        "UPDATE stream_sessions SET end_reason = 'crashed', ended_at = CASE "
+        "WHEN last_event_at IS NOT NULL AND last_event_at > started_at THEN last_event_at ELSE started_at END "
+        "WHERE ended_at IS NULL")

@@ -39,6 +39,11 @@ class Subscriber(Protocol):
         given with a LIVE event's frame as it is published, never with replayed ones."""
 
 
+class Recorder(Protocol):
+    def record(self, stream: StreamRef, type_: str, payload: dict[str, Any], ts: str) -> None:
+        """Counts one logged frame of a LIVE stream into its figures, without blocking (streams/recorder.py)."""
+
+
 _RESERVED: Final = frozenset({"type", "seq", "ts"})  # frame keys publish() puts before the payload's own
 
 
@@ -112,8 +117,9 @@ class EventBus:
 
     def __init__(self, db: Database, *, replay_events: int, replay_seconds: float, language: str = "ru",
                  retention_seconds: float = 0.0, clock: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time) -> None:
+                 wall: Callable[[], float] = time.time, recorder: Recorder | None = None) -> None:
         self._db = db
+        self._recorder = recorder
         self._retention = retention_seconds
         self._replay_events = replay_events
         self._replay_seconds = replay_seconds
@@ -164,8 +170,12 @@ class EventBus:
         return self._channels.get(user_id)
 
     def publish(self, user_id: int, type_: str, payload: dict[str, Any], *, log: bool = True,
-                timing: FrameTiming | None = None) -> int:
-        """Numbers, buffers, delivers and logs one frame; the channel must exist (see channel())."""
+                timing: FrameTiming | None = None, live: bool = True) -> int:
+        """Numbers, buffers, delivers and logs one frame; the channel must exist (see channel()).
+
+        live=False: not part of the LIVE being watched (a simulated or demo event): logged without a stream
+        and left out of its figures. log=False: neither logged nor counted (a rehearsal's frames).
+        """
         channel = self._channels[user_id]
         channel.seq += 1
         wall = self._wall()
@@ -183,7 +193,10 @@ class EventBus:
         for overlay in channel.overlays:
             overlay.deliver(frame, timing)
         if log:
-            self._pending.append((user_id, channel.stream, channel.seq, type_, ts, body))
+            stream = channel.stream if live else None
+            self._pending.append((user_id, stream, channel.seq, type_, ts, body))
+            if stream is not None and self._recorder is not None:
+                self._recorder.record(stream, type_, payload, ts)
             if len(self._pending) > LOG_MAX_PENDING:
                 del self._pending[: len(self._pending) - LOG_MAX_PENDING]
                 _LOGGER.warning("event log lagging: dropped the oldest rows")

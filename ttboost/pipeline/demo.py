@@ -34,4 +34,4 @@ async def run_demo(dispatcher: Dispatcher, user_id: int, min_seconds: float, max
     await dispatcher.prepare(user_id)
     while True:
         await asyncio.sleep(rng.uniform(min_seconds, max_seconds))
-        dispatcher.dispatch(user_id, random_event(rng))
+        dispatcher.dispatch(user_id, random_event(rng), live=False)

@@ -35,13 +35,16 @@ class Dispatcher:
         if self._actions is not None:
             await self._actions.prepare(user_id)
 
-    def dispatch(self, user_id: int, event: LiveEvent) -> int:
+    def dispatch(self, user_id: int, event: LiveEvent, *, live: bool = True) -> int:
         """Synchronous: the event reaches the app's queue before this returns; speech only has a URL yet.
-        Returns the event's seq (a follow-up frame, if any, has the next one)."""
-        return self.dispatch_all(user_id, event)[0][0]
+        Returns the event's seq (a follow-up frame, if any, has the next one).
 
-    def dispatch_all(self, user_id: int, event: LiveEvent, *,
-                     first_message: bool | None = None) -> list[tuple[int, LiveEvent]]:
+        live=False for events that did not come from TikTok (simulate, demo): they stay out of the stream's
+        figures and history."""
+        return self.dispatch_all(user_id, event, live=live)[0][0]
+
+    def dispatch_all(self, user_id: int, event: LiveEvent, *, first_message: bool | None = None,
+                     live: bool = True) -> list[tuple[int, LiveEvent]]:
         """dispatch() returning every frame published, in order: the event, then its follow-up (a chat that is
         the viewer's first of the stream can be followed by viewer_first_message). first_message=True treats
         a chat as the viewer's first whatever the stream saw (simulate)."""
@@ -54,11 +57,11 @@ class Dispatcher:
         if not event.received_ms:  # simulate, demo: the server "reads" it now
             event.received_ms = int(time.time() * 1000)
         timing = FrameTiming(event.type, event.tiktok_ms, event.received_ms)
-        published = [(self.bus.publish(user_id, event.type, event.to_payload(), timing=timing), event)]
+        published = [(self.bus.publish(user_id, event.type, event.to_payload(), timing=timing, live=live), event)]
         if follow_up is not None:  # made from the same TikTok message: the same times
             follow_timing = FrameTiming(follow_up.type, event.tiktok_ms, event.received_ms)
             published.append((self.bus.publish(user_id, follow_up.type, follow_up.to_payload(),
-                                               timing=follow_timing), follow_up))
+                                               timing=follow_timing, live=live), follow_up))
         return published
 
     def stream_started(self, user_id: int) -> None:
