@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from pathlib import Path
+from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 from aiohttp.test_utils import TestClient
@@ -66,3 +68,14 @@ def sample_sum(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], nam
     """The sum of a sample over every label set that has `labels`."""
     want = set(labels.items())
     return sum(value for (n, got), value in samples.items() if n == name and want <= got)
+
+
+async def eventually(get: Callable[[], Awaitable[Any]], ok: Callable[[Any], bool], timeout: float = 5.0) -> Any:
+    """Figures and the event log are written in batches (about once a second): polls until ok(value)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    value = await get()
+    while not ok(value) and loop.time() < deadline:
+        await asyncio.sleep(0.1)
+        value = await get()
+    return value

@@ -3,13 +3,12 @@ every figure of /v2/streams/{id}, its events and its CSV checked against the fra
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
 from collections import defaultdict
-from typing import Any, Awaitable, Callable
+from typing import Any
 
-from tests.helpers import bearer
+from tests.helpers import bearer, eventually
 from tests.test_live_e2e import BOB, ANYA, fake, live_client, status  # noqa: F401 (fixtures)
 from tests.test_ws import recv, register
 from ttboost.pipeline.events import EVENT_TYPES
@@ -17,17 +16,6 @@ from ttboost.pipeline.events import EVENT_TYPES
 KIM = ("=Ким", "kim_77", 103)  # a nickname a spreadsheet would take for a formula
 LEO = ("Leo, \"the\" fan", "leo.tt", 104)
 INJECTION = "=HYPERLINK(\"http://evil.example\",\"click\")"
-
-
-async def eventually(get: Callable[[], Awaitable[Any]], ok: Callable[[Any], bool], timeout: float = 5.0) -> Any:
-    """Figures and the event log are written in batches (about once a second): polls until ok(value)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    value = await get()
-    while not ok(value) and loop.time() < deadline:
-        await asyncio.sleep(0.1)
-        value = await get()
-    return value
 
 
 async def script_live(fake) -> None:

@@ -1,0 +1,155 @@
+"""/v2/streams: paging, ownership, validation at the edges, what counts (LIVE only), crash close, CSV cells."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+import pytest
+
+from tests.conftest import make_config
+from tests.fake_live import ScriptedSource
+from tests.fake_tts import FakeEngine
+from tests.helpers import bearer, eventually, make_user
+from tests.test_ws import connected_socket, recv_type
+from ttboost import keys
+from ttboost.app import create_app
+from ttboost.pipeline.events import LiveEvent
+from ttboost.streams.export import safe_cell
+
+
+@pytest.fixture
+def source() -> ScriptedSource:
+    return ScriptedSource()
+
+
+async def _insert_streams(app: Any, user_id: int, n: int) -> list[int]:
+    return [await app[keys.DB].execute(
+        "INSERT INTO stream_sessions (user_id, tiktok_username, started_at, ended_at, end_reason, diamonds) "
+        "VALUES (?, 'streamer', ?, ?, 'ended', ?)",
+        (user_id, f"2026-11-{i + 1:02d}T20:00:00Z", f"2026-11-{i + 1:02d}T21:30:00Z", i)) for i in range(n)]
+
+
+async def _get(client: Any, path: str, token: str) -> tuple[int, Any]:
+    resp = await client.get(path, headers=bearer(token))
+    return resp.status, await resp.json()
+
+
+async def test_list_pages_newest_first_and_only_the_users_own(make_client) -> None:
+    client = await make_client()
+    app = client.server.app
+    user_id, token = await make_user(app)
+    other_id, other_token = await make_user(app, "other")
+    ids = await _insert_streams(app, user_id, 5)
+    [foreign] = await _insert_streams(app, other_id, 1)
+    status, body = await _get(client, "/v2/streams?limit=2", token)
+    assert status == 200 and [s["id"] for s in body["streams"]] == ids[::-1][:2]
+    first = body["streams"][0]
+    assert first["duration_s"] == 5400 and first["diamonds"] == 4 and first["ended_at"] == "2026-11-05T21:30:00Z"
+    status, body = await _get(client, f"/v2/streams?limit=2&before={ids[3]}", token)
+    assert [s["id"] for s in body["streams"]] == [ids[2], ids[1]]
+    status, body = await _get(client, "/v2/streams?before=1", token)
+    assert status == 200 and body == {"streams": []}
+    assert (await _get(client, "/v2/streams?cache=123", token))[0] == 200  # unknown query keys are ignored
+    assert [s["id"] for s in (await _get(client, "/v2/streams", other_token))[1]["streams"]] == [foreign]
+    for path in (f"/v2/streams/{foreign}", f"/v2/streams/{foreign}/events", f"/v2/streams/{foreign}/export.csv",
+                 "/v2/streams/999999", "/v2/streams/abc", "/v2/streams/0", "/v2/streams/99999999999999999999",
+                 "/v2/streams/current"):
+        status, body = await _get(client, path, token)
+        assert (status, body) == (404, {"detail": "not found", "code": "not_found"}), path
+    resp = await client.post(f"/v2/streams/{foreign}/rehearse", json={"speed": 2}, headers=bearer(token))
+    assert resp.status == 404
+
+
+@pytest.mark.parametrize(("query", "field", "ok"), [
+    ("limit=1", None, True), ("limit=100", None, True), ("limit=0", "limit", False), ("limit=101", "limit", False),
+    ("limit=abc", "limit", False), ("limit=1.5", "limit", False), ("limit=", "limit", False),
+    ("before=1", None, True), (f"before={2**63 - 1}", None, True), ("before=0", "before", False),
+    (f"before={2**63}", "before", False), ("before=-5", "before", False),
+])
+async def test_list_query_edges(make_client, query: str, field: str | None, ok: bool) -> None:
+    client = await make_client()
+    _user_id, token = await make_user(client.server.app)
+    status, body = await _get(client, f"/v2/streams?{query}", token)
+    if ok:
+        assert status == 200 and body == {"streams": []}
+    else:
+        assert status == 422 and list(body["fields"]) == [field], body
+
+
+@pytest.mark.parametrize(("query", "field", "ok"), [
+    ("after_seq=0", None, True), (f"after_seq={2**63 - 1}", None, True), ("after_seq=-1", "after_seq", False),
+    (f"after_seq={2**63}", "after_seq", False), ("after_seq=x", "after_seq", False),
+    ("limit=1", None, True), ("limit=1000", None, True), ("limit=0", "limit", False),
+    ("limit=1001", "limit", False),
+])
+async def test_events_query_edges(make_client, query: str, field: str | None, ok: bool) -> None:
+    client = await make_client()
+    app = client.server.app
+    user_id, token = await make_user(app)
+    [stream_id] = await _insert_streams(app, user_id, 1)
+    status, body = await _get(client, f"/v2/streams/{stream_id}/events?{query}", token)
+    if ok:
+        assert status == 200 and body == {"events": [], "next_after_seq": None}
+    else:
+        assert status == 422 and list(body["fields"]) == [field], body
+
+
+async def test_simulated_events_stay_out_of_the_live_streams_figures(make_client, source) -> None:
+    client = await make_client(live_source=source)
+    ws, watch, token = await connected_socket(client, source)
+    stream_id = (await _get(client, "/v2/streams/current", token))[1]["id"]
+    watch.emit(LiveEvent("gift", user="Bob", username="bob", gift_id=5655, gift_name="Rose", count=2,
+                         diamond_count=1),
+               LiveEvent("chat", user="Аня", username="anya", message="hi"))
+    resp = await client.post("/v2/events/simulate", json={"type": "gift", "count": 100, "diamond_count": 5},
+                             headers=bearer(token))
+    assert resp.status == 200
+    simulated = await recv_type(ws, "gift", count=100)  # the app gets it, the stream does not count it
+    watch.emit(LiveEvent("viewer", current=7, total=9))
+
+    async def detail() -> dict[str, Any]:
+        return (await _get(client, f"/v2/streams/{stream_id}", token))[1]
+
+    got = await eventually(detail, lambda d: d["peak_viewers"] == 7)
+    assert (got["diamonds"], got["gifts"], got["chats"], got["unique_chatters"]) == (2, 2, 1, 1)
+    assert got["top_gifters"] == [{"user": "Bob", "username": "bob", "diamonds": 2, "gifts": 2}]
+    events = (await _get(client, f"/v2/streams/{stream_id}/events", token))[1]["events"]
+    assert simulated["seq"] not in [e["seq"] for e in events]
+    assert [e["type"] for e in events] == ["gift", "chat", "viewer"]  # status frames are not events
+    await ws.close()
+
+
+async def test_a_stream_cut_by_a_crash_is_closed_at_the_next_start_with_what_was_recorded(tmp_path, aiohttp_client,
+                                                                                             source) -> None:
+    config = make_config(tmp_path / "data")
+    client = await aiohttp_client(create_app(config, live_source=source, tts_engine=FakeEngine()))
+    ws, watch, token = await connected_socket(client, source)
+    stream_id = (await _get(client, "/v2/streams/current", token))[1]["id"]
+    watch.emit(LiveEvent("gift", user="Bob", username="bob", gift_id=1, gift_name="GG", count=1, diamond_count=10))
+
+    async def detail() -> dict[str, Any]:
+        return (await _get(client, f"/v2/streams/{stream_id}", token))[1]
+
+    recorded = await eventually(detail, lambda d: d["diamonds"] == 10)
+    assert recorded["diamonds"] == 10
+    await ws.close()
+    await client.close()
+    # What a kill -9 leaves behind: the row still open (a graceful stop closed it as "stopped").
+    with sqlite3.connect(config.data_dir / "ttboost.db") as conn:
+        last = conn.execute("SELECT last_event_at FROM stream_sessions WHERE id = ?", (stream_id,)).fetchone()[0]
+        conn.execute("UPDATE stream_sessions SET ended_at = NULL, end_reason = NULL WHERE id = ?", (stream_id,))
+    assert last is not None
+    client = await aiohttp_client(create_app(config, live_source=ScriptedSource(), tts_engine=FakeEngine()))
+    status, after = await _get(client, f"/v2/streams/{stream_id}", token)
+    assert status == 200 and after["end_reason"] == "crashed"
+    assert after["ended_at"] == max(last, after["started_at"]) and after["diamonds"] == 10
+    assert after["top_gifters"][0]["diamonds"] == 10
+
+
+@pytest.mark.parametrize(("text", "cell"), [
+    ("=1+1", "'=1+1"), ("+7 999", "'+7 999"), ("-5", "'-5"), ("@SUM(A1)", "'@SUM(A1)"), ("\tx", "'\tx"),
+    ("\r=1", "'\r=1"), ("hello = world", "hello = world"), ("", ""), ("Ким", "Ким"),
+])
+def test_csv_cells_never_start_a_formula(text: str, cell: str) -> None:
+    assert safe_cell(text) == cell
