@@ -72,12 +72,18 @@ def recorded() -> list[LiveEvent]:
 N = len(recorded())
 
 
-async def record_stream(client, source) -> tuple[Any, str, int, list[dict[str, Any]]]:
-    """A LIVE with recorded(), ended; its events spread GAP_SECONDS apart in the log. (ws, token, id, frames)"""
+async def record_stream(client, source, triggers: tuple[dict[str, Any], ...] = ()
+                        ) -> tuple[Any, str, int, list[dict[str, Any]]]:
+    """A LIVE with recorded() (and `triggers` set), ended; its events spread GAP_SECONDS apart in the log.
+    Returns (ws, token, stream id, the frames the app got)."""
     ws, watch, token = await connected_socket(client, source)
+    for trigger in triggers:
+        assert (await client.post("/v2/triggers/set", json=trigger, headers=bearer(token))).status == 200
     stream_id = (await (await client.get("/v2/streams/current", headers=bearer(token))).json())["id"]
     watch.emit(*recorded())
-    live = [await recv(ws) for _ in range(N)]
+    live: list[dict[str, Any]] = []
+    while sum(f["type"] != "viewer_first_message" for f in live) < N:
+        live.append(await recv(ws))
     watch.end()
     await recv_type(ws, "status", state="waiting_for_live")
     path = f"/v2/streams/{stream_id}/events"
@@ -85,7 +91,7 @@ async def record_stream(client, source) -> tuple[Any, str, int, list[dict[str, A
     async def logged() -> list[dict[str, Any]]:
         return (await (await client.get(path, headers=bearer(token))).json())["events"]
 
-    assert len(await eventually(logged, lambda e: len(e) == N)) == N
+    assert len(await eventually(logged, lambda e: len(e) == len(live))) == len(live)
     start = datetime(2026, 11, 29, 20, 0, tzinfo=timezone.utc)
     db = client.server.app[keys.DB]
     for i, frame in enumerate(live):
@@ -154,6 +160,24 @@ async def test_rehearsal_replays_through_the_changed_trigger_in_order_and_counts
     assert marker == "rehearsal"
     await app[keys.RECORDER].flush()
     assert await snapshot(client, token, stream_id) == before
+    await ws.close()
+
+
+async def test_a_first_message_greeting_is_decided_anew_not_replayed_twice(client, source) -> None:
+    greet = {"event_type": "viewer_first_message", "condition_key": "always", "action": "tts",
+             "action_params": {"text_template": "welcome {user}"}}
+    ws, token, stream_id, live = await record_stream(client, source, (greet,))
+    assert [f["type"] for f in live].count("viewer_first_message") == 1
+    resp = await client.post(f"/v2/streams/{stream_id}/rehearse", json={"speed": 20}, headers=bearer(token))
+    assert resp.status == 200
+    await recv_type(ws, "rehearsal", state="started")
+    frames = []
+    while (frame := await recv(ws))["type"] != "rehearsal":
+        frames.append(frame)
+    assert frame["state"] == "finished"
+    assert [f["type"] for f in frames] == [f["type"] for f in live]
+    greeting = frames[[f["type"] for f in frames].index("viewer_first_message")]
+    assert greeting["rehearsal"] is True and greeting["tts_url"] and greeting["username"] == "anya"
     await ws.close()
 
 

@@ -25,6 +25,7 @@ _LOGGER = logging.getLogger(__name__)
 SPEED_MIN: Final = 1  # × real time (spec §8)
 SPEED_MAX: Final = 20
 FRAME_TYPE: Final = "rehearsal"  # the marker frames: state started | finished | stopped
+DERIVED: Final = "viewer_first_message"  # recorded after a chat by that night's rules, not by TikTok
 
 EngineFactory = Callable[[Callable[[], float]], ActionHook]  # (stream clock) → a fresh, non-counting engine
 
@@ -165,8 +166,10 @@ class Rehearsals:
 
     def _send(self, user_id: int, engine: ActionHook, frame: dict[str, Any]) -> None:
         event = event_of(frame)
-        if event.type != "viewer":
-            engine.apply(user_id, event)
-        payload = event.to_payload()
-        payload["rehearsal"] = True
-        self._bus.publish(user_id, event.type, payload, log=False)
+        if event.type == DERIVED:
+            return  # today's rules decide it anew from the chat before it
+        follow_up = engine.apply(user_id, event) if event.type != "viewer" else None
+        for out in (event, follow_up) if follow_up is not None else (event,):
+            payload = out.to_payload()
+            payload["rehearsal"] = True
+            self._bus.publish(user_id, out.type, payload, log=False)
