@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 from aiohttp.test_utils import TestClient
 
 from tests.fake_tts import FakeEngine
+from tests.pg_server import PgServer
 from ttboost.app import create_app
 from ttboost.config import Config, load_config
 
@@ -25,21 +26,58 @@ def make_config(data_dir: Path, **sections: dict[str, Any]) -> Config:
     return base.replace(**sections) if sections else base
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests marked both_backends run once on SQLite and once on a real PostgreSQL."""
+    if metafunc.definition.get_closest_marker("both_backends") and "storage_backend" in metafunc.fixturenames:
+        metafunc.parametrize("storage_backend", ["sqlite", "postgres"], indirect=True)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """One PostgreSQL server for the whole session, started on first use only."""
+    server = PgServer()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
-def config(tmp_path: Path) -> Config:
-    return make_config(tmp_path / "data")
+async def pg_url(pg_server: PgServer) -> AsyncIterator[str]:
+    """A fresh empty PostgreSQL database for this test."""
+    async for url in pg_server.fresh_database():
+        yield url
+
+
+@pytest.fixture
+def storage_backend(request: pytest.FixtureRequest) -> str:
+    return getattr(request, "param", "sqlite")
+
+
+@pytest.fixture
+def database_url(storage_backend: str, request: pytest.FixtureRequest) -> str:
+    """Empty (SQLite in the data folder) unless the test runs on PostgreSQL."""
+    return request.getfixturevalue("pg_url") if storage_backend == "postgres" else ""
+
+
+@pytest.fixture
+def config(tmp_path: Path, database_url: str) -> Config:
+    return make_config(tmp_path / "data", storage={"database_url": database_url})
 
 
 ClientFactory = Callable[..., Awaitable[TestClient]]
 
 
 @pytest.fixture
-def make_client(aiohttp_client: Any, tmp_path: Path) -> ClientFactory:
-    """Builds the real app; keyword sections override config (e.g. limits={"auth_per_minute": 2})."""
+def make_client(database_url: str, aiohttp_client: Any, tmp_path: Path) -> ClientFactory:
+    """Builds the real app; keyword sections override config (e.g. limits={"auth_per_minute": 2}).
+
+    database_url comes first: its PostgreSQL database must outlive the app's connections.
+    """
 
     async def factory(config: Config | None = None, *, live_source: Any = None, tts_engine: Any = None,
                       **sections: dict[str, Any]) -> TestClient:
         cfg = config or make_config(tmp_path / "data")
+        if database_url:
+            cfg = cfg.replace(storage={"database_url": database_url})
         if sections:
             cfg = cfg.replace(**sections)
         app = create_app(cfg, live_source=live_source, tts_engine=tts_engine or FakeEngine(),

@@ -17,6 +17,8 @@ from ttboost import keys, licenses
 from ttboost.security import TokenClaims, TokenService
 from ttboost.timeutil import parse_iso, utcnow
 
+pytestmark = pytest.mark.both_backends  # storage behaviour must match on SQLite and PostgreSQL
+
 PLAN = "nova_streamer_one_mobile"
 NO_LIMIT = {"auth_per_minute": 0}  # 0 disables the limiter: tests that make many requests
 

@@ -22,10 +22,13 @@ def data_dir(tmp_path: Path) -> Path:
     return tmp_path / "data"
 
 
+pytestmark = pytest.mark.both_backends  # the CLI works on the cluster's PostgreSQL as on SQLite
+
+
 @pytest.fixture
-def config_file(tmp_path: Path, data_dir: Path) -> Path:
+def config_file(tmp_path: Path, data_dir: Path, database_url: str) -> Path:
     path = tmp_path / "config.toml"
-    path.write_text(f'[storage]\ndata_dir = "{data_dir.as_posix()}"\n'
+    path.write_text(f'[storage]\ndata_dir = "{data_dir.as_posix()}"\ndatabase_url = "{database_url}"\n'
                     f'[auth]\njwt_secret = "{JWT_SECRET}"\nbcrypt_rounds = 4\n', encoding="utf-8")
     return path
 

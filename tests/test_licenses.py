@@ -11,6 +11,8 @@ import pytest
 from ttboost import keys, licenses
 from ttboost.timeutil import iso, parse_iso, utcnow
 
+pytestmark = pytest.mark.both_backends  # storage behaviour must match on SQLite and PostgreSQL
+
 PLAN = "nova_streamer_one_mobile"
 API_KEY = "shop-key-0123456789"
 WEB = {"auth": {"web_issue_api_key": API_KEY}}

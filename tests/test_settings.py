@@ -10,6 +10,8 @@ import pytest
 from ttboost import keys
 from tests.helpers import bearer, make_user
 
+pytestmark = pytest.mark.both_backends  # storage behaviour must match on SQLite and PostgreSQL
+
 # api/common.py stores request["user_id"] with a string key, which aiohttp 3.14 warns about (an error under
 # filterwarnings=error). Not this module's code: drop this mark once common.py uses a web.RequestKey.
 

@@ -24,6 +24,8 @@ from ttboost.config import PlanConfig
 from ttboost.media import MediaStore
 from ttboost.fileio import publish_file
 
+pytestmark = pytest.mark.both_backends  # storage behaviour must match on SQLite and PostgreSQL
+
 ROSE = {"event_type": "gift", "condition_key": "gift_name", "condition_value": "Rose", "action": "play_sound"}
 HTML = b"<!DOCTYPE html><html><head><title>x</title></head><body>" + b"<p>not audio</p>" * 200 + b"</body></html>"
 JPEG = (b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00"
@@ -337,19 +339,35 @@ async def test_crash_leftovers_are_removed_at_start(make_client, tmp_path: Path)
     assert list(folder.iterdir()) == []
 
 
-async def test_failed_row_write_removes_a_new_file_only(make_client) -> None:
+async def _refuse(db, backend: str, operation: str) -> None:
+    """From now on the database refuses that write to the sounds table (a real constraint, no mock)."""
+    if backend == "sqlite":
+        await db.execute(f"CREATE TEMP TRIGGER no_{operation} BEFORE {operation} ON sounds "
+                         "BEGIN SELECT RAISE(ABORT, 'x'); END")
+    else:
+        await db.execute("CREATE OR REPLACE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql "
+                         "AS 'BEGIN RAISE EXCEPTION ''x''; END'")
+        await db.execute(f"CREATE TRIGGER no_{operation} BEFORE {operation} ON sounds "
+                         "FOR EACH ROW EXECUTE FUNCTION refuse()")
+
+
+async def _allow(db, backend: str, operation: str) -> None:
+    await db.execute(f"DROP TRIGGER no_{operation}" + ("" if backend == "sqlite" else " ON sounds"))
+
+
+async def test_failed_row_write_removes_a_new_file_only(make_client, storage_backend: str) -> None:
     """The file is renamed into place before the row is written; a failing row write takes a new file back
     out, but keeps a replacing one (the old row still names it)."""
     client = await make_client()
     user_id, token = await register(client)
     db = client.app[keys.DB]
     await upload(client, token, make_mp3(0.3), name="kept")
-    await db.execute("CREATE TEMP TRIGGER no_insert BEFORE INSERT ON sounds BEGIN SELECT RAISE(ABORT, 'x'); END")
+    await _refuse(db, storage_backend, "INSERT")
     await upload(client, token, make_mp3(0.3), name="new", status=500)
     assert await rows(client, user_id) == ["kept.mp3"] == on_disk(client, user_id)
-    await db.execute("DROP TRIGGER no_insert")
+    await _allow(db, storage_backend, "INSERT")
 
-    await db.execute("CREATE TEMP TRIGGER no_update BEFORE UPDATE ON sounds BEGIN SELECT RAISE(ABORT, 'x'); END")
+    await _refuse(db, storage_backend, "UPDATE")
     new = make_mp3(0.6)
     await upload(client, token, new, name="kept", status=500)
     assert await rows(client, user_id) == ["kept.mp3"] == on_disk(client, user_id)

@@ -12,7 +12,7 @@ import pytest
 
 from tests.server_process import CLI_TIMEOUT, ServerProcess
 from ttboost.config import ConfigError, load_config, load_env_file
-from ttboost.server import LISTEN_FAILED_EXIT
+from ttboost.server import DATABASE_FAILED_EXIT, LISTEN_FAILED_EXIT
 
 
 def test_env_file_sets_only_what_the_environment_lacks(tmp_path: Path) -> None:
@@ -37,9 +37,16 @@ def test_database_url_names_the_sqlite_file(url: str, path: str) -> None:
     assert load_config(None, env=both).database_path == Path(path)  # the TTBOOST_ name wins, even empty
 
 
-@pytest.mark.parametrize(("url", "needle"), [("postgresql://tt:pw@db/tt", "PostgreSQL"),
-                                             ("postgres://db/tt", "PostgreSQL"),
-                                             ("mysql://root:pw@db/tt", "sqlite:///path"), ("sqlite://", "sqlite:///path")])
+@pytest.mark.parametrize(("url", "postgres"), [("postgresql://tt:pw@db/tt", "postgresql://tt:pw@db/tt"),
+                                               ("postgres://db/tt", "postgresql://db/tt"),
+                                               ("postgresql+asyncpg://db:5433/tt", "postgresql://db:5433/tt")])
+def test_database_url_names_postgresql(url: str, postgres: str) -> None:
+    assert load_config(None, env={"DATABASE_URL": url}).postgres_url == postgres
+    assert load_config(None, env={"DATABASE_URL": "sqlite:///x.db"}).postgres_url == ""
+
+
+@pytest.mark.parametrize(("url", "needle"), [("mysql://root:pw@db/tt", "sqlite:///path"),
+                                             ("sqlite://", "sqlite:///path")])
 def test_unusable_database_url_stops_the_start(url: str, needle: str) -> None:
     with pytest.raises(ConfigError, match=needle) as info:
         load_config(None, env={"DATABASE_URL": url})
@@ -81,7 +88,11 @@ async def test_busy_port_is_one_clear_line_and_its_own_exit_code(tmp_path: Path)
     assert done.returncode == LISTEN_FAILED_EXIT, output
     assert f"ERROR ttboost.server: cannot listen on 127.0.0.1:{server.port}: the port is already in use" in output
     assert "Traceback" not in output and "listening" not in output.replace("cannot listen", "")
-    postgres = {**server.env(), "DATABASE_URL": "postgresql://tt@db/tt"}
+    # A PostgreSQL that is not there: one clear line (no password), its own exit code.
+    postgres = {**server.env(), "DATABASE_URL": f"postgresql://tt:pw-secret@/tt?host={server.cwd / 'nope'}"}
     done = await asyncio.to_thread(subprocess.run, server._argv(), cwd=server.cwd, env=postgres,
                                    capture_output=True, text=True, timeout=CLI_TIMEOUT)
-    assert done.returncode == 2 and "PostgreSQL" in done.stderr and "Traceback" not in done.stderr
+    output = done.stdout + done.stderr
+    assert done.returncode == DATABASE_FAILED_EXIT, output
+    assert f"cannot open PostgreSQL at {server.cwd / 'nope'}/tt" in output
+    assert "Traceback" not in output and "pw-secret" not in output

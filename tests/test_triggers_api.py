@@ -15,6 +15,8 @@ from ttboost import keys
 from ttboost.config import PlanConfig
 from ttboost.timeutil import iso, utcnow
 
+pytestmark = pytest.mark.both_backends  # storage behaviour must match on SQLite and PostgreSQL
+
 # api/common.py stores request["user_id"] with a string key, which aiohttp 3.14 warns about (an error under
 # filterwarnings=error). Not this module's code: drop this mark once common.py uses a web.RequestKey.
 

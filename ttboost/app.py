@@ -23,7 +23,7 @@ from .api import streams as streams_api
 from .api import triggers as triggers_api
 from .api import tts as tts_api
 from .config import Config
-from .db import Database
+from .db import make_database
 from .licenses import has_active_license
 from .live.manager import LiveManager
 from .live.source import LiveSource
@@ -62,7 +62,7 @@ def _limiters(config: Config) -> dict[str, RateLimiter]:
 
 async def _database_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[keys.CONFIG]
-    db = Database(config.database_path)
+    db = make_database(config.postgres_url, config.database_path)
     await db.open()
     app[keys.DB] = db
     secret = config.auth.jwt_secret or await asyncio.to_thread(load_or_create_secret, config.data_dir / "jwt.secret")

@@ -7,14 +7,14 @@ import asyncio
 import getpass
 import logging
 import os
-import sqlite3
 import sys
 from pathlib import Path
 from typing import Awaitable, Callable
 
 from . import accounts, licenses
 from .config import Config, ConfigError, load_config, load_env_file
-from .db import Database
+from .db import AnyDatabase, Database, DatabaseError, DatabaseUnavailable, PostgresDatabase, make_database
+from .db.copy import copy_database
 from .errors import ApiError
 from .logsetup import setup_logging
 from .security import PasswordHasher
@@ -23,7 +23,7 @@ from .users import get_user_by_name
 
 _LOGGER = logging.getLogger(__name__)
 
-Command = Callable[[Database, Config, argparse.Namespace], Awaitable[int]]
+Command = Callable[[AnyDatabase, Config, argparse.Namespace], Awaitable[int]]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,8 +52,15 @@ def _parser() -> argparse.ArgumentParser:
     passwd = user.add_parser("passwd", help="set a password (read from the terminal, or stdin when piped)")
     passwd.add_argument("username")
 
-    backup = sub.add_parser("backup", help="consistent copy of the database, safe while the server runs")
+    backup = sub.add_parser("backup", help="consistent copy of the database into a new SQLite file, safe while "
+                                           "the server runs (PostgreSQL too: restore with `db import`)")
     backup.add_argument("path", type=Path)
+
+    db = sub.add_parser("db", help="the database itself").add_subparsers(dest="action", required=True)
+    db.add_parser("migrate", help="bring the schema up to date (the server does it at start too); print its version")
+    imp = db.add_parser("import", help="copy every row of a SQLite file (an old data/ttboost.db, or a backup) into "
+                                       "the configured PostgreSQL database, which must be empty")
+    imp.add_argument("source", help="path of the SQLite file")
     return parser
 
 
@@ -118,19 +125,52 @@ async def _user_passwd(db: Database, config: Config, args: argparse.Namespace) -
     return 0
 
 
-async def _backup(db: Database, config: Config, args: argparse.Namespace) -> int:
+async def _backup(db: AnyDatabase, config: Config, args: argparse.Namespace) -> int:
     target: Path = args.path
-    if target.exists() and target.resolve() == Path(db.path).resolve():
+    if isinstance(db, Database) and target.exists() and target.resolve() == Path(db.path).resolve():
         raise ValueError("the backup path is the live database itself")
     # Written beside the target, then renamed: a failed backup never leaves a half-written file at PATH.
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     tmp.unlink(missing_ok=True)
     try:
-        await db.backup(tmp)
+        if isinstance(db, PostgresDatabase):
+            # One read-only snapshot of PostgreSQL into a SQLite file of the same schema: a backup that
+            # needs no PostgreSQL tools of matching version, and that `db import` restores.
+            copy = Database(tmp)
+            await copy.open()
+            try:
+                await copy_database(db, copy)
+            finally:
+                await copy.close()
+        else:
+            await db.backup(tmp)
         os.replace(tmp, target)
     finally:
-        tmp.unlink(missing_ok=True)
+        for leftover in (tmp, tmp.with_name(tmp.name + "-wal"), tmp.with_name(tmp.name + "-shm")):
+            leftover.unlink(missing_ok=True)
     print(f"backup written to {target}")
+    return 0
+
+
+async def _db_migrate(db: AnyDatabase, config: Config, args: argparse.Namespace) -> int:
+    version = await (db.schema_version() if isinstance(db, PostgresDatabase) else db.fetchval("PRAGMA user_version"))
+    print(f"database schema at version {version}")
+    return 0
+
+
+async def _db_import(db: AnyDatabase, config: Config, args: argparse.Namespace) -> int:
+    if not isinstance(db, PostgresDatabase):
+        raise ValueError("db import copies into PostgreSQL: set storage.database_url (or DATABASE_URL) first")
+    source_path = Path(args.source)
+    if not source_path.is_file():
+        raise ValueError(f"{source_path} does not exist")
+    source = Database(source_path)
+    await source.open()  # an older schema is brought up to date first, so both sides have the same columns
+    try:
+        copied = await copy_database(source, db)
+    finally:
+        await source.close()
+    print("\n".join(f"{table}: {count} rows" for table, count in copied.items()))
     return 0
 
 
@@ -142,6 +182,8 @@ _COMMANDS: dict[tuple[str, str | None], Command] = {
     ("user", "list"): _user_list,
     ("user", "passwd"): _user_passwd,
     ("backup", None): _backup,
+    ("db", "migrate"): _db_migrate,
+    ("db", "import"): _db_import,
 }
 
 
@@ -156,8 +198,9 @@ def _read_password() -> str:
 
 
 async def _run(command: Command, config: Config, args: argparse.Namespace) -> int:
-    # The server's own file: WAL and busy_timeout let both write safely at the same time.
-    db = Database(config.database_path)
+    # The server's own database: SQLite's WAL and busy_timeout, or PostgreSQL's own locking, let both write
+    # safely at the same time.
+    db = make_database(config.postgres_url, config.database_path)
     await db.open()
     try:
         return await command(db, config, args)
@@ -194,6 +237,6 @@ def main(argv: list[str]) -> int:
     except ApiError as exc:
         print(f"error: {exc.detail}", *(f"{k}: {'; '.join(v)}" for k, v in (exc.fields or {}).items()),
               sep="\n  ", file=sys.stderr)
-    except (ValueError, OSError, sqlite3.Error) as exc:
+    except (ValueError, OSError, DatabaseUnavailable, *DatabaseError) as exc:
         print(f"error: {exc}", file=sys.stderr)
     return 1

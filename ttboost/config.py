@@ -38,7 +38,8 @@ class ServerConfig:
 @dataclass(frozen=True, slots=True)
 class StorageConfig:
     data_dir: str = "data"
-    database_url: str = ""  # empty: SQLite <data_dir>/ttboost.db; or sqlite:///path (legacy env DATABASE_URL)
+    # empty: SQLite <data_dir>/ttboost.db; sqlite:///path (legacy env DATABASE_URL); postgresql://… (cluster mode)
+    database_url: str = ""
     event_retention_days: float = 30.0  # events older than this are pruned from the event log; 0 keeps all
 
 
@@ -128,9 +129,17 @@ class Config:
     def database_path(self) -> Path:
         """The SQLite file: <data_dir>/ttboost.db, or the path of a sqlite:/// database_url."""
         url = self.storage.database_url
-        if not url:
+        if not url or self.postgres_url:
             return self.data_dir / "ttboost.db"
         return Path(_sqlite_path(url))
+
+    @property
+    def postgres_url(self) -> str:
+        """The database_url in asyncpg's form when it names PostgreSQL, else empty (SQLite)."""
+        url = self.storage.database_url
+        if not url.startswith(_POSTGRES_SCHEMES):
+            return ""
+        return "postgresql://" + url.partition("://")[2]
 
     @property
     def public_url(self) -> str:
@@ -253,17 +262,13 @@ def _sqlite_path(url: str) -> str:
     match = _SQLITE_URL_RE.fullmatch(url)
     if match is None:
         # Only the scheme is echoed: the rest of a database URL may hold a password.
-        raise ConfigError("config: storage.database_url must be empty or sqlite:///path (got a "
+        raise ConfigError("config: storage.database_url must be empty, sqlite:///path or postgresql://… (got a "
                           f"{url.partition(':')[0]!r} URL)")
     return match["path"]
 
 
 def _check_database_url(url: str) -> None:
-    if url.startswith(_POSTGRES_SCHEMES):
-        raise ConfigError("config: storage.database_url (or DATABASE_URL) names PostgreSQL, which this version "
-                          "cannot use yet (cluster mode); leave it empty for SQLite in data_dir, or give "
-                          "sqlite:///path")
-    if url:
+    if url and not url.startswith(_POSTGRES_SCHEMES):
         _sqlite_path(url)
 
 

@@ -8,7 +8,7 @@ from aiohttp import web
 
 if TYPE_CHECKING:  # keys only name types; importing them here would tie every module together
     from .config import Config
-    from .db import Database
+    from .db import AnyDatabase
     from .live.manager import LiveManager
     from .metrics import Metrics
     from .media import MediaStore
@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # keys only name types; importing them here would tie every m
     from .streams.rehearsal import Rehearsals
 
 CONFIG: Final = web.AppKey["Config"]("config")
-DB: Final = web.AppKey["Database"]("db")
+DB: Final = web.AppKey["AnyDatabase"]("db")
 TOKENS: Final = web.AppKey["TokenService"]("tokens")
 PASSWORDS: Final = web.AppKey["PasswordHasher"]("passwords")
 CLIENT_IP: Final = web.AppKey["ClientIP"]("client_ip")

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-import sqlite3
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from typing import Final, NamedTuple
 
 from .config import Config
-from .db import Database, Row
+from .db import Database, IntegrityError, Row
 from .errors import ApiError, validation_error
 from .security import generate_license_key, normalize_license_key
 from .timeutil import iso, parse_iso, utcnow
@@ -107,12 +106,14 @@ async def _insert(db: Database, plan: str, issued: datetime, days: int, order_id
     for _ in range(KEY_ATTEMPTS):
         key = generate_license_key()
         try:
-            await db.execute(
-                f"INSERT INTO licenses ({_COLUMNS}) VALUES (?, ?, 'active', ?, ?, NULL, ?, ?, ?, ?)",
-                (key, plan, iso(issued), iso(expires), order_id, email, amount, currency))
-        except sqlite3.IntegrityError:
-            # Only the key can collide here (order_id was checked in this transaction); SQLite undoes the
-            # failed statement alone, so the transaction stays usable for the next try.
+            # The savepoint undoes the failed statement alone, so the transaction stays usable for the next
+            # try (PostgreSQL would otherwise abort the whole transaction).
+            async with db.savepoint():
+                await db.execute(
+                    f"INSERT INTO licenses ({_COLUMNS}) VALUES (?, ?, 'active', ?, ?, NULL, ?, ?, ?, ?)",
+                    (key, plan, iso(issued), iso(expires), order_id, email, amount, currency))
+        except IntegrityError:
+            # Only the key can collide here (order_id was checked in this transaction).
             continue
         return await lookup(db, key)
     raise RuntimeError("could not generate a unique license key")

@@ -11,10 +11,12 @@ from aiohttp import web
 
 from .app import create_app
 from .config import Config
+from .db import DatabaseUnavailable
 
 _LOGGER = logging.getLogger(__name__)
 
 LISTEN_FAILED_EXIT: Final = 3  # exit code when the address cannot be bound (busy port, no permission)
+DATABASE_FAILED_EXIT: Final = 4  # exit code when the configured PostgreSQL cannot be reached at start
 _LISTEN_ERRORS: Final = {
     errno.EADDRINUSE: "the port is already in use (is another TTBoost running?); stop that program or choose "
                       "another port ([server] port, TTBOOST_SERVER_PORT)",
@@ -54,6 +56,9 @@ def serve(config: Config) -> int:
             print=listening,
             handle_signals=True,
         )
+    except DatabaseUnavailable as exc:
+        _LOGGER.error("%s", exc)
+        return DATABASE_FAILED_EXIT
     except OSError as exc:
         reason = _LISTEN_ERRORS.get(exc.errno or 0)
         if reason is None:

@@ -1,5 +1,29 @@
-"""SQLite access: the connection wrapper and the schema steps."""
+"""Storage: SQLite (the default) or PostgreSQL (cluster mode) behind the same methods, and the schema steps."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import asyncpg
 
 from .database import Database, Row
+from .postgres import DatabaseUnavailable, PostgresDatabase
 
-__all__ = ["Database", "Row"]
+# What a failed statement raises, whichever backend ran it (a PostgreSQL connection lost mid-call included).
+DatabaseError: tuple[type[Exception], ...] = (sqlite3.Error, asyncpg.PostgresError, asyncpg.InterfaceError)
+# A UNIQUE, FOREIGN KEY or CHECK constraint said no.
+IntegrityError: tuple[type[Exception], ...] = (sqlite3.IntegrityError,
+                                               asyncpg.IntegrityConstraintViolationError)
+
+AnyDatabase = Database | PostgresDatabase
+
+
+def make_database(postgres_url: str, sqlite_path: Path) -> AnyDatabase:
+    """PostgreSQL when a URL is given (config.postgres_url), else the SQLite file (not opened yet)."""
+    if postgres_url:
+        return PostgresDatabase(postgres_url)
+    return Database(sqlite_path)
+
+
+__all__ = ["AnyDatabase", "Database", "DatabaseError", "DatabaseUnavailable", "IntegrityError", "PostgresDatabase", "Row", "make_database"]

@@ -130,6 +130,20 @@ class Database:
             _LOGGER.error("database: ROLLBACK failed, the connection is still in a transaction: %s", error)
 
     @asynccontextmanager
+    async def savepoint(self) -> AsyncIterator[None]:
+        """Inside a transaction: a statement that fails here is undone alone and the transaction goes on."""
+        if not _IN_TRANSACTION.get():
+            raise RuntimeError("savepoint outside a transaction")
+        await self.conn.execute("SAVEPOINT ttboost_sp")
+        try:
+            yield
+        except BaseException:
+            await asyncio.shield(self.conn.execute("ROLLBACK TO ttboost_sp"))
+            await asyncio.shield(self.conn.execute("RELEASE ttboost_sp"))
+            raise
+        await self.conn.execute("RELEASE ttboost_sp")
+
+    @asynccontextmanager
     async def _turn(self) -> AsyncIterator[None]:
         if _IN_TRANSACTION.get():
             yield

@@ -7,14 +7,13 @@ import functools
 import json
 import logging
 import math
-import sqlite3
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Final, Protocol
 
-from ..db import Database
+from ..db import Database, DatabaseError
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -275,7 +274,7 @@ class EventBus:
         values = [(user_id, stream.id if stream else None, *rest) for user_id, stream, *rest in rows]
         try:
             await self._insert(values)
-        except (ValueError, UnicodeError, sqlite3.Error):
+        except (ValueError, UnicodeError, *DatabaseError):
             # One bad row must not block the log forever: write row by row and drop only what fails.
             await self._insert_each(values)
         except BaseException:
@@ -290,6 +289,6 @@ class EventBus:
         for row in values:
             try:
                 await self._insert([row])
-            except (ValueError, UnicodeError, sqlite3.Error) as exc:
+            except (ValueError, UnicodeError, *DatabaseError) as exc:
                 self.write_errors += 1
                 _LOGGER.error("event log: dropped event seq %s of user %s: %s", row[2], row[0], exc)
