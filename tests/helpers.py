@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable
 
 from aiohttp import web
 from aiohttp.test_utils import TestClient
@@ -70,12 +71,18 @@ def sample_sum(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], nam
     return sum(value for (n, got), value in samples.items() if n == name and want <= got)
 
 
-async def eventually(get: Callable[[], Awaitable[Any]], ok: Callable[[Any], bool], timeout: float = 5.0) -> Any:
-    """Figures and the event log are written in batches (about once a second): polls until ok(value)."""
+async def eventually(get: Callable[[], Any], ok: Callable[[Any], bool], timeout: float = 5.0) -> Any:
+    """Figures and the event log are written in batches (about once a second): polls until ok(value).
+    `get` may be a plain function (e.g. reading a counter) or return an awaitable."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    value = await get()
+
+    async def value_now() -> Any:
+        value = get()
+        return await value if inspect.isawaitable(value) else value
+
+    value = await value_now()
     while not ok(value) and loop.time() < deadline:
         await asyncio.sleep(0.1)
-        value = await get()
+        value = await value_now()
     return value

@@ -12,7 +12,8 @@ async def test_health_reports_ok_without_secrets(client) -> None:
     assert resp.status == 200
     body = await resp.json()
     assert body["status"] == "ok" and body["db"] == "ok"
-    assert set(body) == {"status", "version", "uptime_s", "db", "live_sessions", "ws_clients"}
+    assert set(body) == {"status", "version", "uptime_s", "db", "live_sessions", "ws_clients", "event_log"}
+    assert body["event_log"] == {"waiting": 0, "dropped": 0}
     assert "secret" not in (await resp.text()).lower()
 
 

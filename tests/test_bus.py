@@ -1,15 +1,19 @@
-"""The event bus on its own: seq continuing across restarts, bounded replay, the batched log and its retention."""
+"""The event bus on its own: seq never repeating (restarts, crashes, pruning), bounded replay, the batched log
+through write failures, and its retention."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from typing import AsyncIterator
 
 import pytest
 
 from ttboost.db import Database
 from ttboost.pipeline.bus import EventBus, frame_ts
-from tests.helpers import Clock
+from ttboost.pipeline.seqs import SEQ_BLOCK
+from tests.helpers import Clock, eventually
 
 
 @pytest.fixture
@@ -58,13 +62,13 @@ async def test_old_events_are_pruned_by_retention(db) -> None:
     bus.publish(1, "chat", {"message": "recent"})
     await bus.close()
     bus = EventBus(db, replay_events=10, replay_seconds=60, retention_seconds=86400, wall=wall)
-    assert await bus.prune() == 1
+    assert await bus.log.prune() == 1
     rows = await db.fetchall("SELECT payload, ts FROM events")
     assert [json.loads(r["payload"])["message"] for r in rows] == ["recent"]
     assert rows[0]["ts"] == frame_ts(wall.now)
     keep_all = EventBus(db, replay_events=10, replay_seconds=60, retention_seconds=0, wall=wall)
     wall.now += 10 * 86400
-    assert await keep_all.prune() == 0
+    assert await keep_all.log.prune() == 0
 
 
 async def test_a_row_that_cannot_be_stored_does_not_block_the_log(db, caplog) -> None:
@@ -77,3 +81,85 @@ async def test_a_row_that_cannot_be_stored_does_not_block_the_log(db, caplog) ->
     rows = await db.fetchall("SELECT seq, payload FROM events ORDER BY seq")
     assert [r["seq"] for r in rows] == [1, 3]
     assert "dropped event seq 2" in caplog.text
+
+
+async def test_seq_never_repeats_after_a_crash_pruning_or_a_long_idle(db) -> None:
+    wall = Clock(1_800_000_000.0)
+
+    def bus() -> EventBus:
+        return EventBus(db, replay_events=10, replay_seconds=60, retention_seconds=86400, wall=wall)
+
+    crashed = bus()
+    await crashed.channel(1)
+    seen = [crashed.publish(1, "chat", {"message": str(i)}) for i in range(5)]
+    # A crash: nothing flushed, nothing closed. The numbers were reserved before they were handed out.
+    assert await db.fetchval("SELECT COUNT(*) FROM events") == 0
+    after_crash = bus()
+    await after_crash.channel(1)
+    seen.append(after_crash.publish(1, "chat", {"message": "after crash"}))
+    await after_crash.close()
+    wall.now += 90 * 86400  # idle for months: the whole log is pruned
+    pruned = bus()
+    assert await pruned.log.prune() == 1
+    await pruned.channel(1)
+    seen.append(pruned.publish(1, "chat", {"message": "after pruning"}))
+    await pruned.close()
+    assert seen == sorted(set(seen)) and seen[:5] == [1, 2, 3, 4, 5]
+    assert seen[-1] == seen[-2] + 1  # a clean shutdown gives the unused numbers back: no gap
+
+
+async def test_seq_reservation_is_raised_ahead_of_use(db) -> None:
+    first = EventBus(db, replay_events=10, replay_seconds=60)
+    channel = await first.channel(1)
+    for _ in range(SEQ_BLOCK // 2 + 1):
+        first.publish(1, "like", {}, log=False)
+    for _ in range(1000):  # the renewal is one write in a task of its own
+        if channel.renewing is None:
+            break
+        await asyncio.sleep(0.001)
+    for _ in range(SEQ_BLOCK):  # past the first block
+        last = first.publish(1, "like", {}, log=False)
+    crashed_at = last
+    second = EventBus(db, replay_events=10, replay_seconds=60)
+    await second.channel(1)
+    assert second.publish(1, "like", {}) > crashed_at
+    await second.close()
+    await first.log.close()
+
+
+async def failing_writes(db: Database, on: bool) -> None:
+    """The database refuses every write (SQLITE_READONLY) until switched back: a transient fault."""
+    await db.execute(f"PRAGMA query_only = {int(on)}")
+
+
+async def test_rows_written_while_the_database_fails_are_kept_and_retried(db, caplog) -> None:
+    bus = EventBus(db, replay_events=10, replay_seconds=60, retry_seconds=(0.01, 0.05))
+    await bus.channel(1)
+    await bus.start()
+    await failing_writes(db, True)
+    for i in range(600):  # more than one batch: the writer tries at once, and fails
+        bus.publish(1, "chat", {"message": str(i)})
+    assert "retrying in" in await eventually(lambda: caplog.text, lambda text: "retrying in" in text)
+    assert bus.log.health() == {"waiting": 600, "dropped": 0}
+    await failing_writes(db, False)
+    assert await eventually(lambda: bus.log.waiting, lambda n: n == 0) == 0  # the retry worked
+    rows = await db.fetchall("SELECT seq, payload FROM events ORDER BY id")
+    assert [r["seq"] for r in rows] == list(range(1, 601))
+    assert [json.loads(r["payload"])["message"] for r in rows] == [str(i) for i in range(600)]
+    await bus.close()
+
+
+async def test_past_the_bound_the_oldest_rows_are_dropped_counted_and_logged_once(db, caplog) -> None:
+    clock = Clock()
+    bus = EventBus(db, replay_events=10, replay_seconds=60, log_max_waiting=100, clock=clock)
+    await bus.channel(1)
+    await failing_writes(db, True)
+    with caplog.at_level(logging.WARNING, logger="ttboost.pipeline.eventlog"):
+        for i in range(250):
+            bus.publish(1, "chat", {"message": str(i)})
+    assert bus.log.health() == {"waiting": 100, "dropped": 150}
+    assert caplog.text.count("dropped the") == 1  # once per interval, not once per row
+    await failing_writes(db, False)
+    await bus.close()
+    rows = await db.fetchall("SELECT seq FROM events ORDER BY id")
+    assert [r["seq"] for r in rows] == list(range(151, 251))

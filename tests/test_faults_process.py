@@ -29,7 +29,8 @@ SEED: Final = 20240607
 PLAN: Final = "fault_test"
 # A plan roomy enough that quota never answers for the storage: every refusal in these tests is a fault.
 CONFIG_TOML: Final = f'[plans.{PLAN}]\nname = "Fault test"\nmax_triggers = 100000\nmax_sounds = 100000\n'
-LOAD_ENV: Final = {"TTBOOST_LIMITS_UPLOAD_PER_MINUTE": "1000000", "TTBOOST_LIMITS_TRIGGERS_PER_MINUTE": "1000000"}
+LOAD_ENV: Final = {"TTBOOST_LIMITS_UPLOAD_PER_MINUTE": "1000000", "TTBOOST_LIMITS_TRIGGERS_PER_MINUTE": "1000000",
+                   "TTBOOST_LIMITS_TTS_PER_MINUTE": "1000000"}  # the last one also limits /v2/events/simulate
 TIMEOUT: Final = aiohttp.ClientTimeout(total=10)
 
 def check_database(db_path: Path, user_id: int) -> tuple[dict[str, int], dict[int, str]]:
@@ -265,3 +266,50 @@ async def test_sigterm_closes_sockets_1001_and_leaves_nothing_half_written(serve
     check_disk_and_rows(load, media / "sounds" / str(user_id), rows, trigger_rows)
     wal = server.data_dir / "ttboost.db-wal"
     assert not wal.exists() or wal.stat().st_size == 0, "the database was not closed (WAL not checkpointed)"
+
+
+# --- kill -9 under an event flood: seq never goes back ---------------------------------------------------------
+
+async def _flood(session: aiohttp.ClientSession, server: ServerProcess, token: str, stop: asyncio.Event) -> None:
+    """Simulated follows as fast as the server takes them, until the server is gone."""
+    while not stop.is_set():
+        try:
+            async with session.post(server.url + "/v2/events/simulate", json={"type": "follow"},
+                                    headers=bearer(token)) as resp:
+                assert resp.status == 200, await resp.text()
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            return
+
+
+async def test_seq_after_a_kill_9_under_an_event_flood_exceeds_every_seq_seen(server: ServerProcess) -> None:
+    await server.start()
+    async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
+        _, token = await account(session, server, "flooded")
+        ws = await session.ws_connect(f"{server.ws_url}/v2/ws?token={token}")
+        stop = asyncio.Event()
+        floods = [asyncio.create_task(_flood(session, server, token, stop)) for _ in range(6)]
+        seen: list[int] = []
+        # Kill at an arbitrary point of the batched event log (it writes every second or 500 rows).
+        kill_after = random.Random(SEED).randrange(700, 1500)
+        while len(seen) < kill_after:
+            msg = await ws.receive(timeout=10)
+            assert msg.type is WSMsgType.TEXT, msg
+            seen.append(json.loads(msg.data)["seq"])
+        server.kill()
+        stop.set()
+        while (msg := await ws.receive(timeout=10)).type is WSMsgType.TEXT:  # what was already sent
+            seen.append(json.loads(msg.data)["seq"])
+        await asyncio.gather(*floods)
+        assert seen == sorted(set(seen))
+
+        await server.start()
+        ws = await session.ws_connect(f"{server.ws_url}/v2/ws?token={token}")
+        first = json.loads((await ws.receive(timeout=10)).data)
+        assert first["type"] == "status" and first["seq"] > max(seen), (first, max(seen))
+        async with session.post(server.url + "/v2/events/simulate", json={"type": "follow"},
+                                headers=bearer(token)) as resp:
+            assert resp.status == 200
+        follow = json.loads((await ws.receive(timeout=10)).data)
+        assert follow["type"] == "follow" and follow["seq"] > first["seq"]
+        await ws.close()
+    assert await server.terminate() == 0

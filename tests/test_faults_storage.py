@@ -1,9 +1,11 @@
-"""Faults of the media storage: an unwritable folder and a full disk give a clear error and leave nothing
-half-written. Mounts (read-only bind, a tiny tmpfs) need root and mount(8): without them those cases skip.
+"""Faults of the storage: an unwritable media folder and a full disk give a clear error and leave nothing
+half-written; event-log rows written while the disk is full are stored once it has room. Mounts (read-only
+bind, a tiny tmpfs) need root and mount(8): without them those cases skip.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -15,8 +17,10 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from tests.audio_samples import id3v1, make_mp3
-from tests.helpers import assert_nothing_half_written, bearer, make_user
+from tests.helpers import assert_nothing_half_written, bearer, make_user, eventually
 from ttboost import keys
+from ttboost.db import Database
+from ttboost.pipeline.bus import EventBus
 
 # --- the media folder refuses writes -----------------------------------------------------------------------
 
@@ -171,3 +175,36 @@ async def test_disk_full_is_507_and_nothing_half_written(make_client, tmp_path: 
         assert (folder / f"s{n}.mp3").read_bytes() == data
     finally:
         _umount(sounds_dir)
+
+
+async def test_event_log_rows_of_a_full_disk_are_stored_once_it_has_room(tmp_path: Path, caplog) -> None:
+    folder = tmp_path / "db"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tiny tmpfs needs root")
+    reason = _run("mount", "-t", "tmpfs", "-o", "size=2m,mode=0755", "tmpfs", str(folder))
+    if reason:
+        pytest.skip(f"cannot mount a tmpfs here: {reason}")
+    db = Database(folder / "t.db")
+    try:
+        await db.open()
+        await db.execute("INSERT INTO users (username, created_at) VALUES ('u', 'x')")
+        bus = EventBus(db, replay_events=10, replay_seconds=60, retry_seconds=(0.01, 0.05))
+        await bus.channel(1)
+        await bus.start()
+        filler = folder / "filler"
+        with contextlib.suppress(OSError), open(filler, "wb", buffering=0) as out:  # ENOSPC ends it
+            while True:
+                out.write(b"\0" * 4096)
+        for i in range(300):
+            bus.publish(1, "chat", {"message": f"{i} " + "x" * 1000})
+        assert "retrying in" in await eventually(lambda: caplog.text, lambda text: "retrying in" in text)
+        assert bus.log.health() == {"waiting": 300, "dropped": 0}
+        filler.unlink()
+        assert await eventually(lambda: bus.log.waiting, lambda n: n == 0) == 0  # stored once it had room
+        rows = await db.fetchall("SELECT seq FROM events ORDER BY id")
+        assert [r["seq"] for r in rows] == list(range(1, 301))
+        await bus.close()
+    finally:
+        await db.close()
+        _umount(folder)

@@ -99,6 +99,6 @@ def app_state(app: web.Application) -> Iterator[Metric]:
     bus = app.get(keys.BUS)
     if bus is not None:
         yield GaugeMetricFamily("ttboost_event_log_pending_rows", "Event-log rows waiting for the next batch write",
-                                value=bus.pending_rows)
+                                value=bus.log.waiting)
         yield CounterMetricFamily("ttboost_event_log_write_errors", "Failed event-log batch writes and dropped rows",
-                                  value=bus.write_errors)
+                                  value=bus.log.write_errors)

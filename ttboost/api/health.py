@@ -42,5 +42,6 @@ async def health(request: web.Request) -> web.Response:
         "db": db_state,
         "live_sessions": app[keys.LIVE].active_count(),
         "ws_clients": len(app[keys.SOCKETS]),
+        "event_log": app[keys.BUS].log.health(),
     }
     return json_response(body, status=200 if db_state == "ok" else 503)

@@ -52,6 +52,13 @@ class OkSchema(Schema):
     status = _ok()
 
 
+class EventLogHealthSchema(Schema):
+    """The event log's writer: rows not yet stored, and rows lost since start."""
+
+    waiting = _int("rows waiting to be written (they wait through transient write errors)")
+    dropped = _int("oldest waiting rows dropped since start because the database could not keep up")
+
+
 class HealthSchema(Schema):
     """Liveness; `status` is "degraded" (with 503) when the database does not answer."""
 
@@ -61,6 +68,7 @@ class HealthSchema(Schema):
     db = _str("ok | error")
     live_sessions = _int("LIVE watches running")
     ws_clients = _int("open app WebSockets")
+    event_log = fields.Nested(EventLogHealthSchema, required=True)
 
 
 class ServiceSchema(Schema):

@@ -15,6 +15,10 @@ DatabaseError: tuple[type[Exception], ...] = (sqlite3.Error, asyncpg.PostgresErr
 # A UNIQUE, FOREIGN KEY or CHECK constraint said no.
 IntegrityError: tuple[type[Exception], ...] = (sqlite3.IntegrityError,
                                                asyncpg.IntegrityConstraintViolationError)
+# A value that can never be stored (text that is not UTF-8, a number out of range, a constraint): unlike a full
+# disk or a lost connection, retrying the same row cannot help.
+ValueNotStorable: tuple[type[Exception], ...] = (ValueError, UnicodeError, OverflowError, *IntegrityError,
+                                                 sqlite3.InterfaceError, sqlite3.ProgrammingError, asyncpg.DataError)
 
 AnyDatabase = Database | PostgresDatabase
 
@@ -26,4 +30,4 @@ def make_database(postgres_url: str, sqlite_path: Path) -> AnyDatabase:
     return Database(sqlite_path)
 
 
-__all__ = ["AnyDatabase", "Database", "DatabaseError", "DatabaseUnavailable", "IntegrityError", "PostgresDatabase", "Row", "make_database"]
+__all__ = ["AnyDatabase", "Database", "DatabaseError", "DatabaseUnavailable", "IntegrityError", "PostgresDatabase", "Row", "ValueNotStorable", "make_database"]

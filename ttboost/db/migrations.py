@@ -115,4 +115,11 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         )""",
         "CREATE INDEX events_session_seq ON events(session_id, seq)",  # a stream's events, in order
     ),
+    (  # 3: seq numbers reserved ahead of use (pipeline/seqs.py); MAX(seq) of the log lagged and was pruned
+        """CREATE TABLE seq_blocks (
+            user_id INTEGER PRIMARY KEY REFERENCES users(id) ON DELETE CASCADE,
+            reserved INTEGER NOT NULL  -- no seq above this was handed out; a new block starts above it
+        )""",
+        "INSERT INTO seq_blocks (user_id, reserved) SELECT user_id, MAX(seq) FROM events GROUP BY user_id",
+    ),
 )

@@ -1,4 +1,4 @@
-"""Per-user event stream: seq numbers, the bounded replay buffer, fan-out to the socket, the batched event log."""
+"""Per-user event stream: seq numbers, the bounded replay buffer, fan-out to the socket; rows for the event log."""
 
 from __future__ import annotations
 
@@ -13,14 +13,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Final, Protocol
 
-from ..db import Database, DatabaseError
+from ..db import AnyDatabase
+from .eventlog import MAX_WAITING, RETRY_MAX_SECONDS, RETRY_MIN_SECONDS, EventLog
+from .seqs import RENEW_BELOW, SEQ_BLOCK, SeqReservations
 
 _LOGGER = logging.getLogger(__name__)
-
-LOG_FLUSH_SECONDS: Final = 1.0  # how often queued event-log rows are written in one batch
-LOG_MAX_PENDING: Final = 50_000  # rows held while the database lags; the oldest are dropped beyond this
-_INSERT_EVENT: Final = "INSERT INTO events (user_id, session_id, seq, type, ts, payload) VALUES (?, ?, ?, ?, ?, ?)"
-PRUNE_EVERY_SECONDS: Final = 3600.0  # how often rows past the retention are deleted
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +98,7 @@ class StreamRef:
 class Channel:
     user_id: int
     seq: int
+    seq_top: int  # the stored reservation: seq may not pass it (see pipeline/seqs.py)
     buffer: deque[tuple[int, float, str]]  # (seq, monotonic time, encoded frame)
     subscriber: Subscriber | None = None
     last_status: tuple[int, str] | None = None  # (seq, frame) of the latest status, re-sent on connect
@@ -109,41 +107,47 @@ class Channel:
     language: str = "ru"  # language of the connected app, for status/error texts
     overlays: set[Subscriber] = field(default_factory=set)  # read-only overlay sockets (spec §9), any number
     meta: dict[str, Any] = field(default_factory=dict)
+    renewing: asyncio.Task[None] | None = None  # the seq reservation being raised
 
 
 class EventBus:
-    """Channels are created asynchronously once (their seq continues from the log); publishing is synchronous."""
+    """Channels are created asynchronously once (their seq continues above the stored reservation);
+    publishing is synchronous."""
 
-    def __init__(self, db: Database, *, replay_events: int, replay_seconds: float, language: str = "ru",
+    def __init__(self, db: AnyDatabase, *, replay_events: int, replay_seconds: float, language: str = "ru",
                  retention_seconds: float = 0.0, clock: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time, recorder: Recorder | None = None) -> None:
-        self._db = db
+                 wall: Callable[[], float] = time.time, recorder: Recorder | None = None,
+                 log_max_waiting: int = MAX_WAITING,
+                 retry_seconds: tuple[float, float] = (RETRY_MIN_SECONDS, RETRY_MAX_SECONDS)) -> None:
         self._recorder = recorder
-        self._retention = retention_seconds
         self._replay_events = replay_events
         self._replay_seconds = replay_seconds
         self._language = language
         self._clock = clock
         self._wall = wall
+        self._retry_min, self._retry_max = retry_seconds
+        self._seqs = SeqReservations(db)
+        self.log = EventLog(db, retention_seconds=retention_seconds, wall=wall, ts_text=frame_ts, clock=clock,
+                            max_waiting=log_max_waiting, retry_seconds=retry_seconds)
         self._channels: dict[int, Channel] = {}
         self._creating: dict[int, asyncio.Future[Channel]] = {}
-        self._pending: list[tuple[Any, ...]] = []
-        self._wakeup = asyncio.Event()
-        self._writer: asyncio.Task[None] | None = None
-        self.write_errors = 0  # failed batch writes and dropped rows, for /metrics
 
     async def start(self) -> None:
-        self._writer = asyncio.create_task(self._write_log(), name="event-log-writer")
+        await self.log.start()
 
     async def close(self) -> None:
-        if self._writer is not None:
-            self._writer.cancel()
-            await asyncio.gather(self._writer, return_exceptions=True)
-            self._writer = None
-        await self._flush()
+        renewals = [c.renewing for c in self._channels.values() if c.renewing is not None]
+        for task in renewals:
+            task.cancel()
+        await asyncio.gather(*renewals, return_exceptions=True)
+        await self.log.close()
+        try:
+            await self._seqs.give_back([(c.user_id, c.seq) for c in self._channels.values()])
+        except Exception:  # harmless: the next start continues above the reservation, with a gap
+            _LOGGER.exception("could not give back the unused seq reservations")
 
     async def channel(self, user_id: int) -> Channel:
-        """The user's channel, created on first use with seq continuing after the last logged event."""
+        """The user's channel, created on first use with seq continuing above every number handed out before."""
         existing = self._channels.get(user_id)
         if existing is not None:
             return existing
@@ -152,9 +156,8 @@ class EventBus:
         future: asyncio.Future[Channel] = asyncio.get_running_loop().create_future()
         self._creating[user_id] = future
         try:
-            last = await self._db.fetchval("SELECT MAX(seq) FROM events WHERE user_id = ?", (user_id,))
-            last = max(last or 0, max((r[2] for r in self._pending if r[0] == user_id), default=0))
-            channel = Channel(user_id, last, deque(maxlen=self._replay_events), language=self._language)
+            last, top = await self._seqs.open(user_id, self.log.last_waiting_seq(user_id))
+            channel = Channel(user_id, last, top, deque(maxlen=self._replay_events), language=self._language)
             self._channels[user_id] = channel
             future.set_result(channel)
             return channel
@@ -177,6 +180,8 @@ class EventBus:
         """
         channel = self._channels[user_id]
         channel.seq += 1
+        if channel.seq_top - channel.seq < RENEW_BELOW:
+            self._renew(channel)
         wall = self._wall()
         ts = frame_ts(wall)
         body = encode(payload)
@@ -193,15 +198,36 @@ class EventBus:
             overlay.deliver(frame, timing)
         if log:
             stream = channel.stream if live else None
-            self._pending.append((user_id, stream, channel.seq, type_, ts, body))
+            self.log.append((user_id, stream, channel.seq, type_, ts, body))
             if stream is not None and self._recorder is not None:
                 self._recorder.record(stream, type_, payload, ts)
-            if len(self._pending) > LOG_MAX_PENDING:
-                del self._pending[: len(self._pending) - LOG_MAX_PENDING]
-                _LOGGER.warning("event log lagging: dropped the oldest rows")
-            if len(self._pending) >= 500:
-                self._wakeup.set()
         return channel.seq
+
+    def _renew(self, channel: Channel) -> None:
+        if channel.renewing is None:
+            channel.renewing = asyncio.create_task(self._raise_reservation(channel),
+                                                   name=f"seq-reserve-{channel.user_id}")
+        elif channel.seq == channel.seq_top + 1:
+            _LOGGER.warning("user %s: seq passed its stored reservation (the database is not writing); a crash "
+                            "now could repeat numbers", channel.user_id)
+
+    async def _raise_reservation(self, channel: Channel) -> None:
+        retry = self._retry_min
+        try:
+            while True:
+                top = channel.seq + SEQ_BLOCK
+                try:
+                    await self._seqs.extend(channel.user_id, top)
+                except Exception as exc:
+                    _LOGGER.error("user %s: could not store the seq reservation (%s); retrying in %.1f s",
+                                  channel.user_id, exc, retry)
+                    await asyncio.sleep(retry)
+                    retry = min(retry * 2, self._retry_max)
+                else:
+                    channel.seq_top = top
+                    return
+        finally:
+            channel.renewing = None
 
     def replay(self, user_id: int, since: int) -> list[str]:
         """Buffered frames with seq > since, in order (what the app missed while away)."""
@@ -227,68 +253,7 @@ class EventBus:
         if channel is not None:
             channel.overlays.discard(subscriber)
 
-    @property
-    def pending_rows(self) -> int:
-        """Event-log rows waiting for the next batch write."""
-        return len(self._pending)
-
     def _trim(self, channel: Channel, now: float) -> None:
         buffer = channel.buffer
         while buffer and now - buffer[0][1] > self._replay_seconds:
             buffer.popleft()
-
-    async def prune(self) -> int:
-        """Deletes logged events older than the retention (0: keep everything); returns how many."""
-        if self._retention <= 0:
-            return 0
-        cutoff = frame_ts(self._wall() - self._retention)  # same text format as ts, so text order is time order
-        removed = await self._db.execute("DELETE FROM events WHERE ts < ?", (cutoff,))
-        if removed:
-            _LOGGER.info("event log: pruned %d events older than %.0f days", removed, self._retention / 86400)
-        return removed
-
-    async def _write_log(self) -> None:
-        next_prune = self._clock()
-        while True:
-            if self._clock() >= next_prune:
-                next_prune = self._clock() + PRUNE_EVERY_SECONDS
-                try:
-                    await self.prune()
-                except Exception:
-                    _LOGGER.exception("event log: pruning failed")
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), LOG_FLUSH_SECONDS)
-            except asyncio.TimeoutError:
-                pass
-            self._wakeup.clear()
-            try:
-                await self._flush()
-            except Exception:  # a failing disk must not stop the stream; rows stay queued (bounded)
-                self.write_errors += 1
-                _LOGGER.exception("event log: batch write failed")
-
-    async def _flush(self) -> None:
-        if not self._pending:
-            return
-        rows, self._pending = self._pending, []
-        values = [(user_id, stream.id if stream else None, *rest) for user_id, stream, *rest in rows]
-        try:
-            await self._insert(values)
-        except (ValueError, UnicodeError, *DatabaseError):
-            # One bad row must not block the log forever: write row by row and drop only what fails.
-            await self._insert_each(values)
-        except BaseException:
-            self._pending[:0] = rows  # the database is away (disk, lock): keep them for the next batch
-            raise
-
-    async def _insert(self, values: list[tuple[Any, ...]]) -> None:
-        async with self._db.transaction():
-            await self._db.executemany(_INSERT_EVENT, values)
-
-    async def _insert_each(self, values: list[tuple[Any, ...]]) -> None:
-        for row in values:
-            try:
-                await self._insert([row])
-            except (ValueError, UnicodeError, *DatabaseError) as exc:
-                self.write_errors += 1
-                _LOGGER.error("event log: dropped event seq %s of user %s: %s", row[2], row[0], exc)
