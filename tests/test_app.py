@@ -100,7 +100,7 @@ async def test_json_with_a_lone_surrogate_is_400(client, path: str, body: bytes)
     _, token = await make_user(client.server.app)
     resp = await client.post(path, data=body, headers={**bearer(token), "Content-Type": "application/json"})
     assert resp.status == 400
-    assert await resp.json() == {"detail": "invalid JSON body", "code": "bad_request"}
+    assert await resp.json() == {"detail": "invalid JSON", "code": "bad_request"}
     pair = await client.post("/v2/settings/update", data=b'{"chat_tts_prefix": "\\ud83d\\ude00"}',
                              headers={**bearer(token), "Content-Type": "application/json"})
     assert (await pair.json())["settings"]["chat_tts_prefix"] == "\U0001F600"  # a surrogate pair is text

@@ -1,4 +1,5 @@
-"""Settings API: defaults, every field's range edges, partial updates, unknown fields, tiktok_username rules."""
+"""Settings API: defaults, every field's range edges, partial updates, unknown and legacy fields, tiktok_username
+rules."""
 
 from __future__ import annotations
 
@@ -23,17 +24,17 @@ EDGES: dict[str, tuple[list[Any], list[Any]]] = {
     "gifts_volume": ([0, 100], [-1, 101]),
     "tts_rate": ([-50, 100, 0], [-51, 101]),
     "tts_max_chars": ([10, 500], [9, 501, 0]),
-    "chat_tts_min_diamonds": ([0, 1, 10_000], [-1, "5"]),
-    "chat_tts_prefix": ([".", "!", "abcde"], ["", "abcdef", 1]),
+    "chat_tts_min_diamonds": ([0, 1, 10_000, 1_000_000_000], [-1, "5", 1_000_000_001, 10**30, 1e3]),
+    "chat_tts_prefix": ([".", "!", "abcde"], ["", "abcdef", 1, "\x00", ".\x00"]),
     "chat_tts_mode": (["all", "prefix", "donor", "off"], ["loud", "", None]),
     "voice_id": ([GOOD_VOICE, "en-US-JennyNeural"], ["no-such-voice", "ru-RU-FakeNeural", "", 5]),
-    "tts_enabled": ([True, False], ["maybe", None]),
+    "tts_enabled": ([True, False], ["maybe", None, "yes", "true", 1, 0, "on"]),
     "gift_sounds_enabled": ([False, True], ["x"]),
     "auto_connect": ([False, True], [[]]),
     "tts_read_username": ([False, True], [{}]),
     "join_sound_enabled": ([False, True], ["nope"]),
     "tts_blocklist": ([[], ["bad"], [f"w{i}" for i in range(100)], ["x" * 50]],
-                      [[f"w{i}" for i in range(101)], ["x" * 51], "bad", [1]]),
+                      [[f"w{i}" for i in range(101)], ["x" * 51], "bad", [1], ["a\x00b"]]),
 }
 
 
@@ -83,14 +84,23 @@ async def test_range_edges(make_client, field: str) -> None:
     assert after == before
 
 
-async def test_unknown_field_rejects_whole_update(make_client) -> None:
+async def test_original_app_update_with_legacy_and_unknown_fields(make_client) -> None:
+    """The original Flutter app sends auto_connect_live; a newer app may send fields this server does not know.
+    Both work (spec §2): the old name is read as auto_connect, the unknown field is neither an error nor stored."""
     client = await make_client()
     user_id, token = await make_user(client.app)
-    resp = await _update(client, token, {"tts_volume": 10, "volume": 3})
-    assert resp.status == 422 and "volume" in (await resp.json())["fields"]
-    resp = await client.get("/v2/settings", headers=bearer(token))
-    assert (await resp.json())["settings"]["tts_volume"] == 100
-    assert await client.app[keys.DB].fetchval("SELECT settings FROM users WHERE id = ?", (user_id,)) == "{}"
+    resp = await _update(client, token, {"tts_volume": 10, "auto_connect_live": False, "future_field": {"a": 1}})
+    assert resp.status == 200, await resp.text()
+    settings = (await resp.json())["settings"]
+    assert settings["auto_connect"] is False and settings["tts_volume"] == 10
+    assert "auto_connect_live" not in settings and "future_field" not in settings
+    stored = json.loads(await client.app[keys.DB].fetchval("SELECT settings FROM users WHERE id = ?", (user_id,)))
+    assert stored == {"tts_volume": 10, "auto_connect": False}
+    # the new name wins over the old one; the old name is as strict as the new
+    resp = await _update(client, token, {"auto_connect": True, "auto_connect_live": False})
+    assert (await resp.json())["settings"]["auto_connect"] is True
+    resp = await _update(client, token, {"auto_connect_live": "no"})
+    assert resp.status == 422 and set((await resp.json())["fields"]) == {"auto_connect_live"}
 
 
 async def test_partial_update_keeps_others_and_persists(make_client) -> None:

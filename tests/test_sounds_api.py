@@ -250,7 +250,8 @@ async def test_delete(make_client) -> None:
     assert await resp.json() == {"detail": "sound file not found", "code": "sound_not_found"}
 
 
-@pytest.mark.parametrize("body", [{}, {"filename": "a.mp3", "extra": 1}, {"filename": "a.mp3", "force": "maybe"}])
+@pytest.mark.parametrize("body", [{}, {"filename": "a.mp3\x00"}, {"filename": "a.mp3", "force": "maybe"},
+                                  {"filename": "a.mp3", "force": 1}])
 async def test_delete_body_is_validated(make_client, body: dict[str, Any]) -> None:
     client = await make_client()
     _, token = await register(client)

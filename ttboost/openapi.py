@@ -92,8 +92,10 @@ class UndocumentedRouteError(RuntimeError):
 _PATH_PARAM: Final = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::[^}]*)?\}")
 _SHARED_ERRORS: Final = {
     "bearer": {401: "invalid token (missing, bad, expired, or revoked by a password change)"},
-    "body": {400: "invalid JSON body", 413: "request body too large (over 64 KiB)",
-             422: "validation error: `fields` names each bad field; unknown fields are rejected"},
+    "body": {400: "invalid JSON (not JSON, NaN/Infinity, or nested deeper than 32 levels)",
+             413: "request body too large (over 64 KiB)",
+             422: "validation error: `fields` names each bad field (wrong type, out of range, NUL in a text, a "
+                  "boolean other than true/false); unknown fields are ignored"},
     "query": {422: "validation error in a query parameter"},
 }
 

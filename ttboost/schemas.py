@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from marshmallow import Schema, ValidationError, fields, post_load, validate
+from marshmallow import ValidationError, fields, post_load, validate
 
 from .accounts import PASSWORD_MAX_BYTES, PASSWORD_MIN_BYTES, check_password, normalize_username
+from .bodies import BodySchema
 from .security import normalize_license_key
 
 ORDER_ID_MAX: Final = 128  # characters (spec §3)
@@ -76,7 +77,7 @@ def _license_key() -> LicenseKey:
                                                               "ignored)", "example": "TTB-7K2M-Q9XD-4HRP"})
 
 
-class RedeemLicenseSchema(Schema):
+class RedeemLicenseSchema(BodySchema):
     """POST /v2/auth/redeem-license: first login with a license key."""
 
     username = _username()
@@ -85,33 +86,33 @@ class RedeemLicenseSchema(Schema):
     license_key = _license_key()
 
 
-class LoginSchema(Schema):
+class LoginSchema(BodySchema):
     """POST /v2/auth/login."""
 
     username = _username()
     password = Password(required=True, metadata={"description": "account password (6-72 bytes)"})
 
 
-class PasswordChangeSchema(Schema):
+class PasswordChangeSchema(BodySchema):
     """POST /v2/auth/password: revokes every earlier token."""
 
     current_password = Password(required=True, metadata={"description": "the password in use now"})
     new_password = Password(required=True, metadata={"description": "the new password (6-72 bytes)"})
 
 
-class LegacyLoginSchema(Schema):
+class LegacyLoginSchema(BodySchema):
     """POST /auth/login (first mobile build): log in with the license key alone."""
 
     license_key = _license_key()
 
 
-class RedeemSchema(Schema):
+class RedeemSchema(BodySchema):
     """POST /v2/license/redeem: bind another key (renewal) to the logged-in user."""
 
     license_key = _license_key()
 
 
-class IssueWebSchema(Schema):
+class IssueWebSchema(BodySchema):
     """POST /v2/license/issue-web: the web shop issues one key per order (idempotent by order_id)."""
 
     order_id = fields.String(required=True, validate=validate.Length(min=1, max=ORDER_ID_MAX),

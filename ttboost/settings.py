@@ -6,9 +6,10 @@ import json
 import logging
 from typing import Any, Callable, Final, Mapping
 
-from marshmallow import Schema, ValidationError, fields, post_load, validate, validates
+from marshmallow import ValidationError, fields, post_load, validate, validates
 
 from .accounts import normalize_username
+from .bodies import BodySchema
 from .db import Database
 from .errors import not_found
 
@@ -22,6 +23,7 @@ TTS_MAX_CHARS_MAX: Final = 500  # characters
 PREFIX_MAX_CHARS: Final = 5  # characters
 BLOCKLIST_MAX_WORDS: Final = 100  # words
 BLOCKLIST_WORD_MAX_CHARS: Final = 50  # characters
+MIN_DIAMONDS_MAX: Final = 1_000_000_000  # diamonds; as trigger values (trigger_schemas.INT_VALUE_MAX)
 CHAT_TTS_MODES: Final = ("all", "prefix", "donor", "off")
 
 # Every field with its default. tiktok_username None means "the account's username", resolved on read; the
@@ -45,14 +47,18 @@ DEFAULTS: Final[Mapping[str, Any]] = {
 }
 
 
-class SettingsUpdateSchema(Schema):
-    """Any subset of the settings; unknown fields are rejected (marshmallow's default RAISE)."""
+class SettingsUpdateSchema(BodySchema):
+    """Any subset of the settings; unknown fields are dropped (BodySchema), the original app's
+    auto_connect_live is read as auto_connect."""
 
     tts_volume = fields.Integer(strict=True, validate=validate.Range(0, VOLUME_MAX))
     gifts_volume = fields.Integer(strict=True, validate=validate.Range(0, VOLUME_MAX))
     tts_enabled = fields.Boolean()
     gift_sounds_enabled = fields.Boolean()
     auto_connect = fields.Boolean()
+    # The original Flutter app's name for auto_connect; auto_connect wins when both are sent.
+    auto_connect_live = fields.Boolean(load_only=True, metadata={"deprecated": True,
+                                                                 "description": "old name of auto_connect"})
     tts_read_username = fields.Boolean()
     join_sound_enabled = fields.Boolean()
     voice_id = fields.String(validate=validate.Length(1, 100))
@@ -60,7 +66,7 @@ class SettingsUpdateSchema(Schema):
     tiktok_username = fields.String(allow_none=True, validate=validate.Length(max=64))
     chat_tts_mode = fields.String(validate=validate.OneOf(CHAT_TTS_MODES))
     chat_tts_prefix = fields.String(validate=validate.Length(1, PREFIX_MAX_CHARS))
-    chat_tts_min_diamonds = fields.Integer(strict=True, validate=validate.Range(min=0))
+    chat_tts_min_diamonds = fields.Integer(strict=True, validate=validate.Range(0, MIN_DIAMONDS_MAX))
     tts_max_chars = fields.Integer(strict=True, validate=validate.Range(TTS_MAX_CHARS_MIN, TTS_MAX_CHARS_MAX))
     tts_blocklist = fields.List(fields.String(validate=validate.Length(max=BLOCKLIST_WORD_MAX_CHARS)),
                                 validate=validate.Length(max=BLOCKLIST_MAX_WORDS))
@@ -76,6 +82,9 @@ class SettingsUpdateSchema(Schema):
 
     @post_load
     def _normalize(self, data: dict[str, Any], **_kwargs: Any) -> dict[str, Any]:
+        legacy = data.pop("auto_connect_live", None)
+        if legacy is not None:
+            data.setdefault("auto_connect", legacy)
         if "tiktok_username" in data:
             raw = (data["tiktok_username"] or "").strip()
             try:  # null, "" and "@" mean "back to the account's username"

@@ -8,8 +8,9 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
-from marshmallow import Schema, fields, validate
+from marshmallow import fields, validate
 
+from .bodies import BodySchema
 from .errors import ApiError, not_found
 from .fileio import run_to_end
 from .media import AudioInfo, is_sound_name, sanitize_filename, validate_audio
@@ -50,7 +51,7 @@ class Sound:
                 "duration_ms": self.duration_ms, "format": self.format, "created_at": self.created_at}
 
 
-class SoundDeleteSchema(Schema):
+class SoundDeleteSchema(BodySchema):
     """POST /v2/sounds/delete: remove one sound; `force` also disables the triggers that play it."""
 
     filename = fields.String(required=True, validate=validate.Length(1, FILENAME_MAX_CHARS),

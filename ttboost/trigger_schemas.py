@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Callable, Final
 
-from marshmallow import Schema, ValidationError, fields, post_load, validate
+from marshmallow import ValidationError, fields, post_load, validate
 
 from .accounts import normalize_username
+from .bodies import NUL_MESSAGE, BodySchema
 from .pipeline.events import TRIGGER_EVENT_TYPES
 from .triggers import CONDITIONS, PLACEHOLDERS, TEMPLATE_RE
 
@@ -20,17 +21,17 @@ ID_MAX: Final = 2**63 - 1  # SQLite's INTEGER: a larger id matches no row and ca
 ACTIONS: Final = ("play_sound", "tts")
 
 
-class PlaySoundParams(Schema):
+class PlaySoundParams(BodySchema):
     sound_filename = fields.String(required=True, validate=validate.Length(1, 80))
     volume = fields.Integer(strict=True, allow_none=True, validate=validate.Range(0, 100))
 
 
-class TtsParams(Schema):
+class TtsParams(BodySchema):
     text_template = fields.String(required=True, validate=validate.Length(1, TEMPLATE_MAX_CHARS))
     voice_id = fields.String(allow_none=True, validate=validate.Length(max=100))
 
 
-class TriggerSetSchema(Schema):
+class TriggerSetSchema(BodySchema):
     """POST /v2/triggers/set. After load: condition_value is its stored text ("" for always) and
     action_params (when given) is checked against the action."""
 
@@ -85,7 +86,7 @@ class TriggerSetSchema(Schema):
         return params
 
 
-class TriggerIdSchema(Schema):
+class TriggerIdSchema(BodySchema):
     id = fields.Integer(strict=True, required=True, validate=validate.Range(1, ID_MAX))
 
 
@@ -107,6 +108,8 @@ def _condition_text(kind: str | None, value: Any) -> str:
         return str(value)
     if not isinstance(value, str):
         raise ValueError("must be a string")
+    if "\x00" in value:
+        raise ValueError(NUL_MESSAGE)
     if kind == "username":
         return normalize_username(value)  # its ValueError names the rule
     text = value.strip()

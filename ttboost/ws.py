@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from typing import Any, Final
 
@@ -12,6 +11,7 @@ from marshmallow import Schema, fields
 
 from . import keys
 from .api.common import bearer_token, user_for_token
+from .bodies import InvalidJSON, parse_json
 from .errors import validation_error
 from .accounts import normalize_username
 from .licenses import has_active_license
@@ -24,6 +24,8 @@ from .users import User
 _LOGGER = logging.getLogger(__name__)
 
 CLOSE_LICENSE: Final = 4003  # no active license: no LIVE events
+CLOSE_INTERNAL: Final = 1011  # a bug while serving: the socket closes as a WebSocket, never with HTTP bytes
+SEQ_MAX: Final = 2**63 - 1  # seq is a signed 64-bit integer in storage
 CLOSE_TIMEOUT: Final = 5.0  # seconds to wait for the client's close reply
 MAX_CLIENT_MESSAGE: Final = 64 * 1024  # bytes; client messages are tiny JSON commands
 
@@ -48,12 +50,16 @@ _WS_RESPONSES: Final = {101: "Switching Protocols: the WebSocket is open",
 
 
 def _since(raw: Any) -> int | None:
+    """A seq from the query (digits) or a message (a JSON integer); ValueError for anything else."""
     if raw is None or raw == "":
         return None
-    if isinstance(raw, bool):
+    if isinstance(raw, str) and raw.isascii() and raw.isdigit() and len(raw) <= 19:
+        value = int(raw)
+    elif isinstance(raw, int) and not isinstance(raw, bool):
+        value = raw
+    else:  # 1.5, true, "1e3", lists…: not a seq
         raise ValueError("since")
-    value = int(raw)
-    if value < 0:
+    if not 0 <= value <= SEQ_MAX:
         raise ValueError("since")
     return value
 
@@ -117,6 +123,10 @@ async def _serve(request: web.Request, user: User, *, demo: bool, since: int | N
             elif msg.type is WSMsgType.BINARY:
                 conn.send_local("error", code="bad_request", message=text("bad_request", language))
             await conn.backpressure()
+    except Exception:
+        # After the upgrade the error middleware's 500 would be HTTP bytes on a WebSocket: close as one instead.
+        _LOGGER.exception("ws user=%s: error while serving the socket", user.id)
+        conn.close(CLOSE_INTERNAL, "internal error")
     finally:
         bus.detach(user.id, conn)
         registry.remove(conn)
@@ -178,9 +188,9 @@ def _replay(app: web.Application, conn: Connection, since: int) -> None:
 async def _handle(app: web.Application, conn: Connection, data: str) -> None:
     language = conn.language
     try:
-        message = json.loads(data)
+        message = parse_json(data)
         action = message.get("action") if isinstance(message, dict) else None
-    except ValueError:
+    except InvalidJSON:  # also nesting past 32 levels, NaN/Infinity and 1e309
         action = None
     user_id = conn.user.id
     if action == "ping":
@@ -188,7 +198,7 @@ async def _handle(app: web.Application, conn: Connection, data: str) -> None:
     elif action == "resume":
         try:
             since = _since(message.get("since", 0))
-        except (TypeError, ValueError):
+        except ValueError:
             since = None
         if since is None:
             conn.send_local("error", code="bad_request", message=text("bad_request", language))

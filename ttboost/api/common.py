@@ -2,25 +2,25 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from aiohttp import web
-from marshmallow import Schema
 
 from .. import keys
+from ..bodies import BodySchema, InvalidJSON, parse_json
 from ..errors import ApiError, invalid_token, validation_error
 from ..openapi import docs_of
 from ..users import User, get_user
 
 
-async def load_body(request: web.Request, schema: Schema) -> dict[str, Any]:
-    """The request's JSON object validated by schema (unknown fields → 422); size limited by the app.
+async def load_body(request: web.Request, schema: BodySchema) -> dict[str, Any]:
+    """The request's JSON object validated by schema (unknown fields dropped, known ones strict: spec §2);
+    size limited by the app.
 
     schema must be the body schema of the route's @docs, so the OpenAPI document cannot describe another one.
     """
     documented = docs_of(request.match_info.route.handler)
-    if documented is None or documented.body is not type(schema):
+    if not isinstance(schema, BodySchema) or documented is None or documented.body is not type(schema):
         raise RuntimeError(f"{request.method} {request.path}: load_body with {type(schema).__name__}, "
                            f"but the route's @docs body is {documented and documented.body}")
     raw = await request.read()  # client_max_size (limits.max_body_bytes) answers 413 past the limit
@@ -28,12 +28,9 @@ async def load_body(request: web.Request, schema: Schema) -> dict[str, Any]:
         data: Any = {}
     else:
         try:
-            data = json.loads(raw)
-            # JSON may spell a lone surrogate ("\ud800"), which is no text: it could be neither stored nor sent
-            # back (UnicodeEncodeError far from here, e.g. in SQLite or the response), so it is refused now.
-            json.dumps(data, ensure_ascii=False).encode("utf-8")
-        except ValueError:  # also UnicodeDecodeError and UnicodeEncodeError
-            raise ApiError(400, "invalid JSON body", "bad_request") from None
+            data = parse_json(raw)
+        except InvalidJSON:
+            raise ApiError(400, "invalid JSON", "bad_request") from None
     if not isinstance(data, dict):
         raise validation_error({"_schema": ["a JSON object is required"]})
     return schema.load(data)  # ValidationError → 422 in the error middleware

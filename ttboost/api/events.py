@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any, Final
 
 from aiohttp import web
-from marshmallow import Schema, fields, validate
+from marshmallow import fields, validate
 
 from .. import keys
+from ..bodies import BodySchema
 from ..errors import json_response
 from ..openapi import docs
 from ..pipeline.events import TRIGGER_EVENT_TYPES, LiveEvent
@@ -19,7 +20,7 @@ SIMULATED_USER_ID: Final = "0"  # TikTok ids are never 0: simulated viewers cann
 routes = web.RouteTableDef()
 
 
-class SimulateSchema(Schema):
+class SimulateSchema(BodySchema):
     type = fields.String(required=True, validate=validate.OneOf(TRIGGER_EVENT_TYPES),
                          metadata={"description": "event type to simulate; viewer_first_message sends a chat "
                                                   "from a viewer new to the stream"})

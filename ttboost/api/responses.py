@@ -33,8 +33,9 @@ def _ok() -> fields.String:
 
 
 def _all_present(schema: type[Schema], name: str, doc: str) -> type[Schema]:
-    """schema's own fields, each marked present: a response cannot drift from the request schema it mirrors."""
-    declared = {key: copy.copy(value) for key, value in schema._declared_fields.items()}
+    """schema's own fields, each marked present: a response cannot drift from the request schema it mirrors.
+    Load-only fields (accepted old names such as auto_connect_live) are never answered."""
+    declared = {key: copy.copy(value) for key, value in schema._declared_fields.items() if not value.load_only}
     for value in declared.values():
         value.required = True
     generated = Schema.from_dict(declared, name=name)

@@ -6,9 +6,10 @@ import logging
 from typing import Any, Callable, Final
 
 from aiohttp import web
-from marshmallow import Schema, ValidationError, fields, validate, validates
+from marshmallow import ValidationError, fields, validate, validates
 
 from .. import keys
+from ..bodies import BodySchema
 from ..errors import ApiError, json_response, validation_error
 from ..openapi import Binary, docs
 from ..tts.engine import RATE_MAX, RATE_MIN, TTSError
@@ -25,7 +26,7 @@ MAX_TEXT: Final = 500  # characters accepted from the app; the spoken text is cu
 routes = web.RouteTableDef()
 
 
-class GenerateSchema(Schema):
+class GenerateSchema(BodySchema):
     text = fields.String(required=True, validate=validate.Length(1, MAX_TEXT),
                          metadata={"description": "text to speak (cleaned: links, emoji, repeats)"})
     voice_id = fields.String(load_default=None, allow_none=True,
@@ -45,7 +46,7 @@ class GenerateSchema(Schema):
             raise ValidationError("unknown voice")
 
 
-class LegacyGenerateSchema(Schema):
+class LegacyGenerateSchema(BodySchema):
     text = fields.String(required=True, validate=validate.Length(1, MAX_TEXT),
                          metadata={"description": "text to speak with the user's voice settings"})
 
