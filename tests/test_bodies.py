@@ -8,7 +8,8 @@ import pytest
 
 from tests.helpers import bearer, make_user
 from tests.test_ws import recv
-from ttboost.bodies import MAX_DEPTH, InvalidJSON, parse_json
+from ttboost.bodies import MAX_DEPTH, BodySchema, InvalidJSON, parse_json
+from ttboost.openapi import documented_routes, schema_name
 
 
 def nested(depth: int, inner: str = "1") -> str:
@@ -63,3 +64,21 @@ async def test_socket_messages_that_broke_the_parser_get_bad_request(make_client
     await ws.send_str(json.dumps({"action": "ping", "unknown": 1}))
     assert (await recv(ws))["type"] == "pong"  # still open, and unknown fields are no error here either
     await ws.close()
+
+
+async def test_every_body_is_a_body_schema_with_bounded_numbers(client) -> None:
+    """New routes inherit the rules: their body schema is a BodySchema, and every integer has both bounds."""
+    doc = await (await client.get("/v2/openapi.json")).json()
+    components = doc["components"]["schemas"]
+    bodies = [info.body for *_rest, info in documented_routes(client.server.app) if info.body is not None]
+    assert bodies
+    for body in bodies:
+        assert issubclass(body, BodySchema), body
+        pending = [components[schema_name(body)]]
+        while pending:
+            schema = pending.pop()
+            for name, prop in schema.get("properties", {}).items():
+                if "$ref" in prop:
+                    pending.append(components[prop["$ref"].rsplit("/", 1)[1]])
+                if prop.get("type") == "integer" or "integer" in prop.get("type", []):
+                    assert "minimum" in prop and "maximum" in prop, (body.__name__, name, prop)

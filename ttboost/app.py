@@ -52,6 +52,8 @@ def _limiters(config: Config) -> dict[str, RateLimiter]:
     lim = config.limits
     return {
         "auth": RateLimiter(lim.auth_per_minute),
+        # key redemption by a logged-in user: guessing keys costs what guessing passwords costs (per IP and user)
+        "redeem": RateLimiter(lim.auth_per_minute),
         "upload": RateLimiter(lim.upload_per_minute),
         "triggers": RateLimiter(lim.triggers_per_minute),
         "tts": RateLimiter(lim.tts_per_minute),

@@ -12,6 +12,20 @@ from aiohttp import web
 from .errors import ApiError
 
 MAX_KEYS: Final = 10_000  # buckets kept; beyond this the least recently used half is dropped
+IPV6_PREFIX: Final = 64  # bits: one subscriber's IPv6 block; an attacker rotates freely inside it
+
+
+def ip_bucket(ip: str) -> str:
+    """The rate-limit key of a client address: IPv4 as is, IPv6 by its /64 (IPv4-mapped IPv6 as the IPv4)."""
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip  # not an address (a unix socket, a test transport): its own bucket
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is not None:
+            return str(addr.ipv4_mapped)
+        return str(ipaddress.IPv6Network((addr, IPV6_PREFIX), strict=False))
+    return str(addr)
 
 
 class RateLimiter:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import os
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ KEY_GROUP_LEN: Final = 4
 JWT_ALGORITHM: Final = "HS256"
 SECRET_BYTES: Final = 32  # generated JWT secret length
 VERIFIED_TOKENS_KEPT: Final = 10_000  # checked tokens remembered (~300 bytes each); past this it starts over
+ID_MAX: Final = 2**63 - 1  # SQLite's INTEGER: a larger user id cannot even be a query parameter
+_CANONICAL_ID: Final = re.compile(r"[1-9][0-9]{0,18}")  # "1", never " 1", "01", "+1" or "1.0"
 
 
 def generate_license_key() -> str:
@@ -98,9 +101,16 @@ class TokenService:
         try:
             data = jwt.decode(token, self._secret, algorithms=[JWT_ALGORITHM],
                               options={"require": ["sub", "iat", "exp", "ver"]})
-            claims = TokenClaims(int(data["sub"]), int(data["ver"]), float(data["exp"]))
         except (jwt.PyJWTError, ValueError, TypeError, KeyError):
             return None
+        # Strict: only the exact shapes issue() writes. A token is signed, so anything else means a leaked or
+        # misused secret; refusing it costs nothing and keeps odd values (" 1", 0.5, 10**40) away from SQL.
+        sub, ver, exp = data["sub"], data["ver"], data["exp"]
+        if not (isinstance(sub, str) and _CANONICAL_ID.fullmatch(sub) and int(sub) <= ID_MAX):
+            return None
+        if type(ver) is not int or not 0 <= ver <= ID_MAX or type(exp) not in (int, float):
+            return None
+        claims = TokenClaims(int(sub), ver, float(exp))
         if len(self._verified) >= VERIFIED_TOKENS_KEPT:
             self._verified.clear()
         self._verified[token] = claims

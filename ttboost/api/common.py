@@ -10,6 +10,7 @@ from .. import keys
 from ..bodies import BodySchema, InvalidJSON, parse_json
 from ..errors import ApiError, invalid_token, validation_error
 from ..openapi import docs_of
+from ..ratelimit import ip_bucket
 from ..users import User, get_user
 
 
@@ -61,7 +62,7 @@ async def authenticate(request: web.Request) -> User:
 
 
 def limit_by_ip(request: web.Request, name: str) -> None:
-    request.app[keys.LIMITERS][name].check(request.app[keys.CLIENT_IP](request))
+    request.app[keys.LIMITERS][name].check(ip_bucket(request.app[keys.CLIENT_IP](request)))
 
 
 def limit_by_user(request: web.Request, name: str, user: User) -> None:

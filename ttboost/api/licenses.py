@@ -11,8 +11,8 @@ from ..errors import ApiError, json_response
 from ..openapi import WEB_API_KEY, docs
 from ..schemas import IssueWebSchema, RedeemSchema
 from ..security import constant_time_equals
-from .common import authenticate, limit_by_ip, load_body
-from .responses import LICENSE_ERRORS, IssuedLicenseSchema, RedeemedSchema
+from .common import authenticate, limit_by_ip, limit_by_user, load_body
+from .responses import IP_RATE_LIMITED, LICENSE_ERRORS, IssuedLicenseSchema, RedeemedSchema
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ def _check_web_api_key(request: web.Request) -> None:
 @docs("Issue a license key for a web shop order (idempotent by order_id)", tags=["license"],
       security=(WEB_API_KEY,), body=IssueWebSchema,
       responses={200: IssuedLicenseSchema, 401: "invalid api key (Web-Api-Key header missing or wrong)",
+                 429: "too many wrong Web-Api-Key attempts from this IP; see Retry-After",
                  403: "plan not allowed", 503: "web issuing disabled (no key configured)"})
 async def issue_web(request: web.Request) -> web.Response:
     _check_web_api_key(request)
@@ -49,9 +50,11 @@ async def issue_web(request: web.Request) -> web.Response:
 
 @routes.post("/v2/license/redeem")
 @docs("Bind another license key to the logged-in account (renewal)", tags=["license"], body=RedeemSchema,
-      responses={200: RedeemedSchema, **LICENSE_ERRORS})
+      responses={200: RedeemedSchema, **LICENSE_ERRORS, 429: f"{IP_RATE_LIMITED}, or per user"})
 async def redeem(request: web.Request) -> web.Response:
+    limit_by_ip(request, "redeem")
     user = await authenticate(request)
+    limit_by_user(request, "redeem", user)
     body = await load_body(request, RedeemSchema())
     db = request.app[keys.DB]
     await accounts.redeem_for_user(db, user, body["license_key"])

@@ -1,0 +1,89 @@
+"""Stolen or forged credentials (issue 9): strict token claims, key guessing limited per IP and user, IPv6 by /64."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import jwt
+import pytest
+
+from tests.conftest import JWT_SECRET
+from tests.helpers import bearer, make_user
+from ttboost.ratelimit import ip_bucket
+
+
+def signed(**claims: Any) -> str:
+    """A token signed with the server's real secret (a leaked secret, or a bug in issuing), with odd claims."""
+    now = int(time.time())
+    return jwt.encode({"sub": "1", "iat": now, "exp": now + 3600, "ver": 0, **claims}, JWT_SECRET,
+                      algorithm="HS256")
+
+
+@pytest.mark.parametrize("claims", [
+    {"sub": " 1"}, {"sub": "01"}, {"sub": "+1"}, {"sub": "1.0"}, {"sub": 1}, {"sub": "1" * 40}, {"sub": "0"},
+    {"sub": str(2**63)}, {"ver": "0"}, {"ver": 0.5}, {"ver": 0.0}, {"ver": False}, {"ver": -1}, {"ver": None},
+    {"ver": 10**30},
+])
+async def test_only_canonical_integer_claims_are_accepted(make_client, claims: dict[str, Any]) -> None:
+    client = await make_client()
+    user_id, _token = await make_user(client.app)
+    assert user_id == 1
+    assert (await client.get("/v2/auth/me", headers=bearer(signed()))).status == 200  # the baseline works
+    resp = await client.get("/v2/auth/me", headers=bearer(signed(**claims)))
+    assert resp.status == 401 and (await resp.json())["detail"] == "invalid token", claims
+    ws = await client.get(f"/v2/ws?token={signed(**claims)}")
+    assert ws.status == 401
+
+
+async def test_key_redemption_is_limited_per_ip_and_per_user(make_client) -> None:
+    client = await make_client(limits={"auth_per_minute": 3})
+    _, token_a = await make_user(client.app, "alice")
+    _, token_b = await make_user(client.app, "bob")
+    guess = {"license_key": "TTB-0000-0000-0000"}
+    for _ in range(3):
+        resp = await client.post("/v2/license/redeem", json=guess, headers=bearer(token_a))
+        assert resp.status == 404
+    resp = await client.post("/v2/license/redeem", json=guess, headers=bearer(token_a))
+    assert resp.status == 429 and int(resp.headers["Retry-After"]) >= 1
+    assert (await resp.json())["detail"] == "too many requests"
+    # another user from the same address shares the per-IP budget
+    resp = await client.post("/v2/license/redeem", json=guess, headers=bearer(token_b))
+    assert resp.status == 429
+
+
+async def test_redeem_is_limited_per_user_across_addresses(make_client) -> None:
+    """Behind a trusted proxy each request names another client address: the per-user budget still holds."""
+    client = await make_client(limits={"auth_per_minute": 2}, server={"trusted_proxies": ["127.0.0.1"]})
+    _, token = await make_user(client.app)
+    guess = {"license_key": "TTB-0000-0000-0000"}
+    statuses = []
+    for i in range(3):
+        headers = {**bearer(token), "X-Forwarded-For": f"203.0.113.{i + 1}"}
+        statuses.append((await client.post("/v2/license/redeem", json=guess, headers=headers)).status)
+    assert statuses == [404, 404, 429]
+
+
+async def test_ipv6_clients_share_a_bucket_per_64(make_client) -> None:
+    client = await make_client(limits={"auth_per_minute": 2}, server={"trusted_proxies": ["127.0.0.1"]})
+    statuses = []
+    for host in ("2001:db8:1:2::1", "2001:db8:1:2:ffff::9", "2001:db8:1:2:abcd:1:2:3"):
+        resp = await client.post("/v2/auth/login", json={"username": "nobody", "password": "whatever"},
+                                 headers={"X-Forwarded-For": host})
+        statuses.append(resp.status)
+    assert statuses == [401, 401, 429]
+    # the next /64 has its own budget
+    resp = await client.post("/v2/auth/login", json={"username": "nobody", "password": "whatever"},
+                             headers={"X-Forwarded-For": "2001:db8:1:3::1"})
+    assert resp.status == 401
+
+
+@pytest.mark.parametrize(("ip", "bucket"), [
+    ("203.0.113.7", "203.0.113.7"),
+    ("2001:db8::1", "2001:db8::/64"),
+    ("2001:db8:0:0:ffff:ffff:ffff:ffff", "2001:db8::/64"),
+    ("::ffff:203.0.113.7", "203.0.113.7"),
+    ("not-an-ip", "not-an-ip"),
+])
+def test_ip_bucket(ip: str, bucket: str) -> None:
+    assert ip_bucket(ip) == bucket
