@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import io
+import logging
 import time
 from typing import Any
 
 import jwt
 import pytest
+from yarl import URL
 
 from tests.conftest import JWT_SECRET
 from tests.helpers import bearer, make_user
+from ttboost.logsetup import RedactingFilter
 from ttboost.ratelimit import ip_bucket
 
 
@@ -87,3 +91,37 @@ async def test_ipv6_clients_share_a_bucket_per_64(make_client) -> None:
 ])
 def test_ip_bucket(ip: str, bucket: str) -> None:
     assert ip_bucket(ip) == bucket
+
+
+async def test_no_url_shape_puts_a_token_in_the_log(make_client, caplog: pytest.LogCaptureFixture) -> None:
+    client = await make_client()
+    _, token = await make_user(client.app)
+    caplog.set_level(logging.DEBUG)
+    for target in (f"/v2/ws?x=1;token={token}", f"//ws/{token}", f"/v2/ws?%74oken={token}", f"/x/../ws/{token}",
+                   f"/ws//{token}", f"/v2/ws?demo=1&access_token={token}", f"/nothing?q={token}"):
+        # raw targets: the test client would read //ws/... as a host name
+        url = URL(f"http://{client.host}:{client.port}{target}", encoded=True)
+        await client.session.get(url, allow_redirects=False)
+    lines = [r.getMessage() for r in caplog.records if r.name == "ttboost.access"]
+    assert len(lines) == 7
+    assert not [line for line in lines if token in line or token.split(".")[2] in line]
+
+
+def test_the_log_filter_redacts_library_records_and_tracebacks() -> None:
+    token = signed()
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(RedactingFilter())
+    logger = logging.getLogger("aiohttp.server.test")
+    logger.addHandler(handler)
+    try:
+        logger.error("Error handling request from %s: %r", "1.2.3.4", f"GET /ws/{token} HTTP/1.1")
+        try:
+            raise ValueError(f"bad target /v2/ws?token={token}")
+        except ValueError:
+            logger.exception("failed")
+    finally:
+        logger.removeHandler(handler)
+    text = stream.getvalue()
+    assert "1.2.3.4" in text and "ValueError: bad target" in text
+    assert token not in text and token.split(".")[1] not in text

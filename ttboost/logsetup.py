@@ -6,6 +6,7 @@ import logging
 import re
 import time
 from typing import Final
+from urllib.parse import unquote_plus
 
 from aiohttp import web
 
@@ -13,9 +14,13 @@ from . import keys
 from .errors import Handler
 
 _ACCESS = logging.getLogger("ttboost.access")
-# Tokens travel in query strings (WebSocket ?token=) and legacy paths (/ws/<token>): never log them.
-_SECRET_QUERY: Final = re.compile(r"((?:^|[?&])(?:token|access_token|ws_token|key|license_key)=)[^&]*", re.I)
-_WS_PATH: Final = re.compile(r"^/ws/[^/]+")
+# Tokens travel in query strings (WebSocket ?token=) and legacy paths (/ws/<token>): never log them, in whatever
+# shape a client (or an attacker probing the log) spells them: ;token=, %74oken=, //ws/<T>, /x/../ws/<T>.
+_SECRET_NAMES: Final = frozenset({"token", "access_token", "ws_token", "key", "license_key", "authorization"})
+_QUERY_SPLIT: Final = re.compile(r"([&;])")
+_WS_SEGMENT: Final = re.compile(r"((?:/|%2f)ws(?:/|%2f)+)[^/?#]+", re.I)
+# Anything shaped like a JWT (header.payload.signature, base64url), wherever it appears in a log line.
+_JWT: Final = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 
 
 # Loggers that would print secrets: aiohttp's access log writes raw paths (/ws/<token>, ?token=), and
@@ -27,11 +32,43 @@ def setup_logging(level: str = "INFO") -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for name, floor in _QUIET.items():
         logging.getLogger(name).setLevel(floor)
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())
 
 
 def redact(path_qs: str) -> str:
-    path_qs = _WS_PATH.sub("/ws/***", path_qs)
-    return _SECRET_QUERY.sub(r"\1***", path_qs)
+    """A request target fit for the log: /ws/<token> segments and secret query values become ***."""
+    path, sep, query = path_qs.partition("?")
+    path = _WS_SEGMENT.sub(r"\1***", path)
+    if sep:
+        parts = _QUERY_SPLIT.split(query)
+        for i in range(0, len(parts), 2):  # odd items are the separators themselves
+            name, eq, _value = parts[i].partition("=")
+            if eq and unquote_plus(name).strip().lower() in _SECRET_NAMES:
+                parts[i] = f"{name}=***"
+        query = "".join(parts)
+    return redact_text(path + sep + query)
+
+
+def redact_text(text: str) -> str:
+    return _JWT.sub("***", text)
+
+
+class RedactingFilter(logging.Filter):
+    """On the log handlers: no token in any record, the libraries' own too (aiohttp's parser errors quote the
+    request line; a traceback may quote a URL)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = redact_text(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact_text(record.exc_text)
+        return True
 
 
 @web.middleware
