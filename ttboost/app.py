@@ -35,6 +35,7 @@ from .errors import error_middleware
 from .metrics import Metrics, app_state
 from .logsetup import access_log_middleware
 from .ratelimit import ClientIP, RateLimiter
+from .revocation import RevocationWatch
 from .security import PasswordHasher, TokenService, load_or_create_secret
 from .settings import SettingsStore
 from .triggers import TriggerStore
@@ -183,6 +184,16 @@ def _rehearsals_ctx(pacer: Pacer | None):
     return ctx
 
 
+async def _revocation_ctx(app: web.Application) -> AsyncIterator[None]:
+    """After live: it stops the LIVE watch of a user whose licence ended."""
+    watch = RevocationWatch(app[keys.DB], app[keys.SOCKETS], app[keys.LIVE],
+                            app[keys.CONFIG].auth.revocation_check_seconds)
+    await watch.start()
+    app[keys.REVOCATION] = watch
+    yield
+    await watch.close()
+
+
 async def _server_header(_request: web.Request, response: web.StreamResponse) -> None:
     """No Python/aiohttp versions in answers: they only help someone looking for a known hole."""
     response.headers["Server"] = "TTBoost"
@@ -219,6 +230,7 @@ def create_app(config: Config, *, live_source: LiveSource | None = None, tts_eng
     app.cleanup_ctx.append(_rules_ctx)
     app.cleanup_ctx.append(_live_ctx(live_source, reconnect_min_seconds))
     app.cleanup_ctx.append(_rehearsals_ctx(rehearsal_pacer))
+    app.cleanup_ctx.append(_revocation_ctx)
     app[keys.OPENAPI] = openapi.OpenApiDocument()
     # First at startup, before any resource opens: by then every route (CORS too) exists, and one without
     # docs stops the server rather than silently missing from /v2/openapi.json.

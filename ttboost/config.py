@@ -50,6 +50,9 @@ class AuthConfig:
     web_issue_api_key: str = ""  # empty: /v2/license/issue-web is disabled
     web_allowed_plans: tuple[str, ...] = ()  # empty: every configured plan
     bcrypt_rounds: int = 12  # cost factor; tests lower it, production keeps ~250 ms per hash
+    hash_workers: int = 0  # bcrypt hashes at a time; 0 = one per CPU core
+    hash_queue: int = 16  # logins waiting for a hash beyond the running ones; more answer 503 at once
+    revocation_check_seconds: float = 2.0  # how soon a revoked licence or password reaches open sockets
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,6 +347,8 @@ def load_config(path: str | os.PathLike[str] | None = "config.toml",
     _check_database_url(config.storage.database_url)
     if config.auth.jwt_secret and len(config.auth.jwt_secret) < 32:
         raise ConfigError("config: auth.jwt_secret must be at least 32 characters (or empty to generate one)")
+    if config.auth.revocation_check_seconds <= 0:
+        raise ConfigError("config: auth.revocation_check_seconds must be above 0")
     if not 4 <= config.auth.bcrypt_rounds <= 16:
         raise ConfigError("config: auth.bcrypt_rounds must be between 4 and 16")
     if bool(config.server.tls_cert) != bool(config.server.tls_key):

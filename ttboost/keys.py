@@ -17,6 +17,7 @@ if TYPE_CHECKING:  # keys only name types; importing them here would tie every m
     from .pipeline.bus import EventBus
     from .pipeline.dispatch import Dispatcher
     from .ratelimit import ClientIP, RateLimiter
+    from .revocation import RevocationWatch
     from .security import PasswordHasher, TokenService
     from .settings import SettingsStore
     from .triggers import TriggerStore
@@ -45,6 +46,7 @@ LIVE: Final = web.AppKey["LiveManager"]("live")
 SOCKETS: Final = web.AppKey["SocketRegistry"]("sockets")
 RECORDER: Final = web.AppKey["StreamRecorder"]("recorder")
 REHEARSALS: Final = web.AppKey["Rehearsals"]("rehearsals")
+REVOCATION: Final = web.AppKey["RevocationWatch"]("revocation")
 OPENAPI: Final = web.AppKey["OpenApiDocument"]("openapi")
 METRICS: Final = web.AppKey["Metrics"]("metrics")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
-from typing import Final, NamedTuple
+from typing import Final, Iterable, NamedTuple
 
 from .config import Config
 from .db import Database, IntegrityError, Row
@@ -202,6 +202,30 @@ async def plan_for_user(db: Database, user_id: int, now: datetime | None = None)
 async def has_active_license(db: Database, user_id: int) -> bool:
     """Whether the user may receive LIVE events now (spec §3)."""
     return (await plan_for_user(db, user_id)).active
+
+
+async def require_active_license(db: Database, user_id: int) -> None:
+    """403 `license expired` (the latest key ran out) or `license not active` (none bound, or revoked): for
+    what costs the server (speech, simulated events), which only a paying user gets."""
+    plan = await plan_for_user(db, user_id)
+    if not plan.active:
+        raise license_expired() if plan.plan_id else license_not_active()
+
+
+async def users_in_good_standing(db: Database, user_ids: Iterable[int],
+                                 now: datetime | None = None) -> dict[int, tuple[int, bool]]:
+    """{user id: (token_version, has an active licence)} of those users that still exist, in one query per 500."""
+    ids = sorted(set(user_ids))
+    out: dict[int, tuple[int, bool]] = {}
+    stamp = iso(now or utcnow())
+    for start in range(0, len(ids), 500):  # well under SQLite's limit of bound parameters
+        chunk = ids[start:start + 500]
+        rows = await db.fetchall(
+            f"SELECT u.id, u.token_version, EXISTS (SELECT 1 FROM licenses l WHERE l.user_id = u.id AND "
+            f"l.status = 'active' AND l.expires_at > ?) AS active FROM users u "
+            f"WHERE u.id IN ({', '.join('?' * len(chunk))})", (stamp, *chunk))
+        out.update((row["id"], (row["token_version"], bool(row["active"]))) for row in rows)
+    return out
 
 
 async def count_licenses(db: Database, user_id: int) -> int:

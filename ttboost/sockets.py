@@ -60,8 +60,13 @@ class Connection:
         self._drained = asyncio.Event()  # set by the writer once the queue is down to a quarter
         self.demo: asyncio.Task[None] | None = None
 
+    @property
+    def closing(self) -> bool:
+        """A close has been decided (now, or once the queued frames are sent)."""
+        return self._closer is not None or self._closing_after_flush
+
     def deliver(self, frame: str, timing: FrameTiming | None = None) -> None:
-        if self._closer is not None or self._closing_after_flush:
+        if self.closing:
             return
         if self._queue.qsize() >= self._queue_size:
             _LOGGER.warning("ws user=%s: send queue full, closing a too slow %s client", self.user.id, self.kind)
@@ -190,6 +195,9 @@ class SocketRegistry:
         self._all.discard(conn)
         if self._by_user.get(conn.user.id) is conn:
             del self._by_user[conn.user.id]
+
+    def connections(self) -> list[Connection]:
+        return list(self._all)
 
     def current(self, user_id: int) -> Connection | None:
         return self._by_user.get(user_id)

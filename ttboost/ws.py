@@ -18,12 +18,12 @@ from .licenses import has_active_license
 from .messages import pick_language, text
 from .openapi import BEARER, QUERY_TOKEN, docs
 from .pipeline.demo import run_demo
+from .revocation import close_for_license
 from .sockets import Connection
 from .users import User
 
 _LOGGER = logging.getLogger(__name__)
 
-CLOSE_LICENSE: Final = 4003  # no active license: no LIVE events
 CLOSE_INTERNAL: Final = 1011  # a bug while serving: the socket closes as a WebSocket, never with HTTP bytes
 SEQ_MAX: Final = 2**63 - 1  # seq is a signed 64-bit integer in storage
 CLOSE_TIMEOUT: Final = 5.0  # seconds to wait for the client's close reply
@@ -113,8 +113,7 @@ async def _serve(request: web.Request, user: User, *, demo: bool, since: int | N
     live.app_connected(user.id)
     try:
         if not active:
-            conn.send_local("error", code="license_expired", message=text("license_expired", language))
-            conn.close_after_flush(CLOSE_LICENSE, "license_expired")
+            close_for_license(conn)
         else:
             await _start_stream(app, conn, since=mark, demo=demo)
         async for msg in ws:

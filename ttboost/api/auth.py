@@ -93,6 +93,7 @@ async def change_password(request: web.Request) -> web.Response:
     app = request.app
     updated = await accounts.change_password(app[keys.DB], app[keys.PASSWORDS], user,
                                              body["current_password"], body["new_password"])
+    await app[keys.REVOCATION].check(user.id)  # this process's sockets of the old token: 4002 now
     return json_response(await accounts.token_response(app[keys.DB], app[keys.TOKENS], updated))
 
 

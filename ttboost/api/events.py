@@ -10,10 +10,11 @@ from marshmallow import fields, validate
 from .. import keys
 from ..bodies import BodySchema
 from ..errors import json_response
+from ..licenses import require_active_license
 from ..openapi import docs
 from ..pipeline.events import TRIGGER_EVENT_TYPES, LiveEvent
 from .common import authenticate, limit_by_user, load_body
-from .responses import USER_RATE_LIMITED, SimulatedSchema
+from .responses import LICENSE_ERRORS, USER_RATE_LIMITED, SimulatedSchema
 
 SIMULATED_USER_ID: Final = "0"  # TikTok ids are never 0: simulated viewers cannot collide with real ones
 
@@ -54,11 +55,12 @@ def simulated_event(data: dict[str, Any]) -> LiveEvent:
 
 @routes.post("/v2/events/simulate")
 @docs("Run a fake LIVE event through the real pipeline (the app's \"test this trigger\")", tags=["events"],
-      body=SimulateSchema, responses={200: SimulatedSchema, 429: USER_RATE_LIMITED})
+      body=SimulateSchema, responses={200: SimulatedSchema, 403: LICENSE_ERRORS[403], 429: USER_RATE_LIMITED})
 async def simulate(request: web.Request) -> web.Response:
     user = await authenticate(request)
     limit_by_user(request, "simulate", user)
     data = await load_body(request, SimulateSchema())
+    await require_active_license(request.app[keys.DB], user.id)  # it reaches the socket and may speak
     dispatcher = request.app[keys.DISPATCHER]
     await dispatcher.prepare(user.id)
     event = simulated_event(data)

@@ -11,13 +11,14 @@ from marshmallow import ValidationError, fields, validate, validates
 from .. import keys
 from ..bodies import BodySchema
 from ..errors import ApiError, json_response, validation_error
+from ..licenses import require_active_license
 from ..openapi import Binary, docs
 from ..tts.engine import RATE_MAX, RATE_MIN, TTSError
 from ..tts.http import serve_speech
 from ..tts.text import clean_text
 from ..users import User
 from .common import authenticate, limit_by_user, load_body
-from .responses import USER_RATE_LIMITED, LegacySpeechSchema, SpeechSchema, VoiceListSchema
+from .responses import LICENSE_ERRORS, USER_RATE_LIMITED, LegacySpeechSchema, SpeechSchema, VoiceListSchema
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ class LegacyGenerateSchema(BodySchema):
 
 async def _speak(request: web.Request, user: User, data: dict[str, Any]) -> dict[str, Any]:
     limit_by_user(request, "tts", user)
+    await require_active_license(request.app[keys.DB], user.id)  # synthesis costs: paying users only
     settings = await request.app[keys.SETTINGS].get(user.id)
     voice = data.get("voice_id") or settings["voice_id"]
     rate = data["rate"] if data.get("rate") is not None else settings["tts_rate"]
@@ -69,7 +71,7 @@ async def _speak(request: web.Request, user: User, data: dict[str, Any]) -> dict
     return {"url": url, "voice_id": voice, "cached": cached}
 
 
-_SPEECH_ERRORS: Final = {429: USER_RATE_LIMITED, 502: "tts failed (the speech engine failed; try again)"}
+_SPEECH_ERRORS: Final = {403: LICENSE_ERRORS[403], 429: USER_RATE_LIMITED, 502: "tts failed (the speech engine failed; try again)"}
 
 
 @routes.post("/v2/tts/generate")
