@@ -7,12 +7,18 @@ import asyncio
 import aiohttp
 import pytest
 
+from tests.fake_live import ScriptedSource
 from tests.helpers import bearer, make_user
-from tests.test_ws import recv, register
+from tests.test_ws import recv, recv_type, register
 from ttboost import accounts, keys, licenses
 from ttboost.security import PasswordHasher
 
 FAST = {"auth": {"revocation_check_seconds": 0.05, "bcrypt_rounds": 4}}
+
+
+@pytest.fixture
+async def client(make_client):
+    return await make_client(live_source=ScriptedSource(), **FAST)
 
 
 async def closed_with(ws: aiohttp.ClientWebSocketResponse) -> tuple[int | None, list[dict]]:
@@ -27,8 +33,7 @@ async def closed_with(ws: aiohttp.ClientWebSocketResponse) -> tuple[int | None, 
             return msg.data, frames
 
 
-async def test_password_change_closes_the_old_tokens_socket_with_4002(make_client) -> None:
-    client = await make_client(**FAST)
+async def test_password_change_closes_the_old_tokens_socket_with_4002(client) -> None:
     _, token = await register(client)
     ws = await client.ws_connect(f"/v2/ws?token={token}&demo=0")
     assert (await recv(ws))["type"] == "status"
@@ -42,13 +47,12 @@ async def test_password_change_closes_the_old_tokens_socket_with_4002(make_clien
     assert (await recv(ws))["type"] == "status"
     await asyncio.sleep(0.3)  # several rounds of the watch
     await ws.send_json({"action": "ping"})
-    assert (await recv(ws))["type"] == "pong"
+    assert (await recv_type(ws, "pong"))["type"] == "pong"
     await ws.close()
 
 
-async def test_a_password_set_elsewhere_reaches_the_socket(make_client) -> None:
+async def test_a_password_set_elsewhere_reaches_the_socket(client) -> None:
     """As `run.py user passwd` does from another process: the server is not told, the watch sees it."""
-    client = await make_client(**FAST)
     user_id, token = await register(client)
     ws = await client.ws_connect(f"/v2/ws?token={token}")
     assert (await recv(ws))["type"] == "status"
@@ -60,8 +64,7 @@ async def test_a_password_set_elsewhere_reaches_the_socket(make_client) -> None:
 
 
 @pytest.mark.parametrize("how", ["revoke", "expire"])
-async def test_licence_end_sends_license_expired_then_4003(make_client, how: str) -> None:
-    client = await make_client(**FAST)
+async def test_licence_end_sends_license_expired_then_4003(client, how: str) -> None:
     user_id, token = await make_user(client.app)
     ws = await client.ws_connect(f"/v2/ws?token={token}")
     assert (await recv(ws))["type"] == "status"
@@ -82,8 +85,7 @@ async def test_licence_end_sends_license_expired_then_4003(make_client, how: str
 
 @pytest.mark.parametrize(("state", "detail"), [("revoked", "license not active"), ("expired", "license expired"),
                                                ("none", "license not active")])
-async def test_speech_and_simulate_need_an_active_licence(make_client, state: str, detail: str) -> None:
-    client = await make_client()
+async def test_speech_and_simulate_need_an_active_licence(client, state: str, detail: str) -> None:
     user_id, token = await make_user(client.app, plan="" if state == "none" else None)
     db = client.app[keys.DB]
     if state == "revoked":
