@@ -6,6 +6,7 @@ from typing import Final
 
 from marshmallow import EXCLUDE, Schema, fields, validate
 
+from ..bodies import BodySchema
 from ..streams.rehearsal import SPEED_MAX, SPEED_MIN
 
 LIST_LIMIT_MAX: Final = 100  # streams per page
@@ -36,7 +37,7 @@ class StreamEventsQuerySchema(_Query):
                            metadata={"description": "events per page (default 100)"})
 
 
-class RehearseSchema(Schema):
+class RehearseSchema(BodySchema):
     """POST /v2/streams/{id}/rehearse."""
 
     speed = fields.Integer(load_default=1, strict=True, validate=validate.Range(SPEED_MIN, SPEED_MAX),
