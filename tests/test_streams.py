@@ -14,6 +14,7 @@ from tests.helpers import bearer, eventually, make_user
 from tests.test_ws import connected_socket, recv_type
 from ttboost import keys
 from ttboost.app import create_app
+from ttboost.live.errors import ConnectionDropped, UserOffline
 from ttboost.pipeline.events import LiveEvent
 from ttboost.streams.export import safe_cell
 
@@ -138,6 +139,50 @@ async def test_a_stream_cut_by_a_crash_is_closed_at_the_next_start_with_what_was
     assert status == 200 and after["end_reason"] == "crashed"
     assert after["ended_at"] == max(last, after["started_at"]) and after["diamonds"] == 10
     assert after["top_gifters"][0]["diamonds"] == 10
+
+
+def gift(username: str, diamonds: int) -> LiveEvent:
+    return LiveEvent("gift", user=username.title(), username=username, gift_id=1, gift_name="GG", count=1,
+                     diamond_count=diamonds)
+
+
+async def test_a_drop_in_the_middle_of_a_live_continues_the_same_stream(make_client, source) -> None:
+    client = await make_client(live_source=source)
+    ws, watch, token = await connected_socket(client, source)
+    stream_id = (await _get(client, "/v2/streams/current", token))[1]["id"]
+    watch.emit(gift("bob", 10))
+    watch.fail(ConnectionDropped("1011"))
+    await recv_type(ws, "status", state="reconnecting")
+    status, during = await _get(client, "/v2/streams/current", token)
+    assert status == 200 and during["id"] == stream_id  # still the LIVE now on, while reconnecting
+    watch = await source.next_watch()
+    watch.connect()
+    await recv_type(ws, "status", state="connected")
+    watch.emit(gift("anya", 5))
+    watch.end()
+    await recv_type(ws, "status", state="live_ended")
+
+    async def streams() -> list[dict[str, Any]]:
+        return (await _get(client, "/v2/streams", token))[1]["streams"]
+
+    [stream] = await eventually(streams, lambda s: s[0]["diamonds"] == 15)
+    assert (stream["id"], stream["end_reason"], stream["diamonds"], stream["gifts"]) == (stream_id, "ended", 15, 2)
+    await ws.close()
+
+
+async def test_a_stream_that_never_comes_back_after_a_drop_ends_at_the_drop(make_client, source) -> None:
+    client = await make_client(live_source=source)
+    ws, watch, token = await connected_socket(client, source)
+    stream_id = (await _get(client, "/v2/streams/current", token))[1]["id"]
+    watch.fail(ConnectionDropped("1011"))
+    await recv_type(ws, "status", state="reconnecting")
+    (await source.next_watch()).fail(UserOffline("offline"))  # the LIVE ended while we were away
+    await recv_type(ws, "status", state="waiting_for_live")
+    status, row = await _get(client, f"/v2/streams/{stream_id}", token)
+    assert (status, row["end_reason"]) == (200, "dropped")
+    assert row["started_at"] <= row["ended_at"]  # ended when it dropped, not when the watch gave up
+    assert (await _get(client, "/v2/streams/current", token))[0] == 404
+    await ws.close()
 
 
 @pytest.mark.parametrize(("text", "cell"), [

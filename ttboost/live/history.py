@@ -12,9 +12,10 @@ async def begin_stream(db: Database, user_id: int, tiktok_username: str) -> int:
         (user_id, tiktok_username, iso(utcnow())))
 
 
-async def end_stream(db: Database, session_id: int, reason: str) -> None:
+async def end_stream(db: Database, session_id: int, reason: str, ended_at: str | None = None) -> None:
+    """Closes the row now, or at ended_at (ISO; e.g. when the connection dropped and never came back)."""
     await db.execute("UPDATE stream_sessions SET ended_at = ?, end_reason = ? WHERE id = ? AND ended_at IS NULL",
-                     (iso(utcnow()), reason, session_id))
+                     (ended_at or iso(utcnow()), reason, session_id))
 
 
 async def close_dangling(db: Database) -> int:

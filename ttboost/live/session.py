@@ -14,6 +14,7 @@ from ..pipeline.bus import StreamRef
 from ..pipeline.combos import ComboTracker
 from ..pipeline.dispatch import Dispatcher
 from ..pipeline.events import LiveEvent
+from ..timeutil import iso, utcnow
 from .errors import Blocked, LiveError, SignRateLimited, UserNotFound, UserOffline
 from .history import begin_stream, end_stream
 from .source import LiveSource
@@ -48,6 +49,8 @@ class LiveSession:
         self._combo_timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self._row_task: asyncio.Task[int] | None = None
+        self._stream: StreamRef | None = None  # the LIVE being recorded; kept open across a drop
+        self._lost_at: str | None = None  # when its connection dropped (ISO), until it reconnects
         self._connected_at: float | None = None
         self._new_stream = True  # the next connect starts a new LIVE (resets per-stream trigger state)
         self.state = "idle"
@@ -124,7 +127,7 @@ class LiveSession:
                 self._set_state("error")
                 return
             except SignRateLimited as exc:
-                await self._after_watch("rate_limited")
+                await self._after_watch("rate_limited", keep_stream=True)
                 wait = exc.retry_after if exc.retry_after > 0 else RATE_LIMIT_FALLBACK_SECONDS
                 self._dispatcher.error(self.user_id, exc.code, retry=round(wait))
                 self._set_state("reconnecting", wait)
@@ -133,7 +136,7 @@ class LiveSession:
             except LiveError as exc:  # ConnectionDropped and anything unforeseen: transient
                 healthy = self._after_healthy()
                 reached = self._connected_at is not None
-                await self._after_watch("dropped")
+                await self._after_watch("dropped", keep_stream=True)
                 if healthy:
                     backoff = self._timing.backoff_min
                 if reached:
@@ -158,9 +161,14 @@ class LiveSession:
     def _after_healthy(self) -> bool:
         return self._connected_at is not None and self._clock() - self._connected_at >= self._timing.healthy
 
-    async def _after_watch(self, reason: str) -> None:
+    async def _after_watch(self, reason: str, *, keep_stream: bool = False) -> None:
+        """keep_stream: a transient loss in the middle of a LIVE; the reconnect continues the same stream (one
+        history entry per LIVE, as the per-stream trigger state), which otherwise ended when it dropped."""
         self._close_combos()
-        await self._end_row(reason)
+        if keep_stream and self._row_task is not None:
+            self._lost_at = self._lost_at or iso(utcnow())
+        else:
+            await self._end_row(reason)
 
     # --- called synchronously by the adapter, in TikTok's order ---
 
@@ -169,11 +177,13 @@ class LiveSession:
         if self._new_stream:
             self._new_stream = False
             self._dispatcher.stream_started(self.user_id)
-        stream = StreamRef()
+        if self._row_task is None or self._stream is None:  # else: back after a drop, the same stream goes on
+            self._stream = StreamRef()
+            self._row_task = asyncio.create_task(self._begin_row(self._stream))
+        self._lost_at = None
         channel = self._dispatcher.bus.get(self.user_id)
         if channel is not None:
-            channel.stream = stream  # events from now on belong to this stream; the row id follows
-        self._row_task = asyncio.create_task(self._begin_row(stream))
+            channel.stream = self._stream  # events from now on belong to this stream; the row id follows
         self._set_state("connected")
 
     async def _begin_row(self, stream: StreamRef) -> int:
@@ -216,11 +226,15 @@ class LiveSession:
             self._dispatcher.dispatch(self.user_id, ready)
 
     async def _end_row(self, reason: str) -> None:
-        task, self._row_task = self._row_task, None
+        task, self._row_task, self._stream = self._row_task, None, None
+        lost_at, self._lost_at = self._lost_at, None
         if task is not None:
-            await run_to_end(self._close_row(task, reason))  # taken out of _row_task: must not be cut short
+            # A stream that never came back after a drop ended then, whatever stops the watch later.
+            reason, ended_at = ("dropped", lost_at) if lost_at else (reason, None)
+            # taken out of _row_task: must not be cut short
+            await run_to_end(self._close_row(task, reason, ended_at))
 
-    async def _close_row(self, task: asyncio.Task[int], reason: str) -> None:
+    async def _close_row(self, task: asyncio.Task[int], reason: str, ended_at: str | None) -> None:
         try:
             session_id = await task
         except Exception:
@@ -229,4 +243,4 @@ class LiveSession:
         channel = self._dispatcher.bus.get(self.user_id)
         if channel is not None and channel.stream is not None and channel.stream.id == session_id:
             channel.stream = None
-        await end_stream(self._db, session_id, reason)
+        await end_stream(self._db, session_id, reason, ended_at)
