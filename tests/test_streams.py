@@ -185,6 +185,19 @@ async def test_a_stream_that_never_comes_back_after_a_drop_ends_at_the_drop(make
     await ws.close()
 
 
+async def test_head_of_the_csv_sends_no_body(make_client) -> None:
+    client = await make_client()
+    app = client.server.app
+    user_id, token = await make_user(app)
+    [stream_id] = await _insert_streams(app, user_id, 1)
+    path = f"/v2/streams/{stream_id}/export.csv"
+    head = await client.head(path, headers=bearer(token))
+    assert head.status == 200 and head.content_type == "text/csv" and await head.read() == b""
+    # The next answer on the same kept-alive connection is intact (a streamed body after HEAD would not be).
+    resp = await client.get(path, headers=bearer(token))
+    assert await resp.read() == "\ufefftime,type,username,user,message,gift,count,diamonds\r\n".encode()
+
+
 @pytest.mark.parametrize(("text", "cell"), [
     ("=1+1", "'=1+1"), ("+7 999", "'+7 999"), ("-5", "'-5"), ("@SUM(A1)", "'@SUM(A1)"), ("\tx", "'\tx"),
     ("\r=1", "'\r=1"), ("hello = world", "hello = world"), ("", ""), ("Ким", "Ким"),

@@ -103,6 +103,9 @@ async def export_csv(request: web.Request) -> web.StreamResponse:
         "X-Content-Type-Options": "nosniff"})
     response.enable_chunked_encoding()
     await response.prepare(request)
+    if request.method == "HEAD":  # aiohttp would put a streamed body on the wire even for HEAD
+        await response.write_eof()
+        return response
     await response.write(export.header().encode("utf-8"))
     async for page in store.all_stream_events(request.app[keys.DB], user.id, stream_id):
         await response.write(export.encode_rows(export.row(frame) for frame in page).encode("utf-8"))
