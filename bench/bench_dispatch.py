@@ -14,11 +14,12 @@ import gc
 import tempfile
 import time
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
 from bench.common import insert_users, machine, write_result
 from bench.workload import SOUNDS, EventSpec, event_spec, trigger_bodies
-from ttboost.config import load_config
+from ttboost.config import Config, load_config
 from ttboost.db import Database
 from ttboost.pipeline.actions import ActionEngine
 from ttboost.pipeline.bus import EventBus, FrameTiming
@@ -72,22 +73,47 @@ def live_event(spec: EventSpec) -> LiveEvent:
     return event
 
 
+@dataclass(slots=True)
+class Parts:
+    """The benchmark user's real stores on a temp database (see rules_for())."""
+
+    config: Config
+    db: Database
+    user_id: int
+    triggers: TriggerStore
+    settings: SettingsStore
+    speech: SpeechService
+
+    async def close(self) -> None:
+        await self.speech.close()
+        await self.triggers.close()
+        await self.db.close()
+
+
+async def rules_for(tmp: str) -> Parts:
+    """A user with the workload's sounds and 100 triggers, default settings, speech that never finishes."""
+    config = load_config(None, env={})
+    db = Database(Path(tmp) / "ttboost.db")
+    await db.open()
+    [user_id] = await asyncio.to_thread(insert_users, Path(tmp) / "ttboost.db", ["bench"])
+    for i in range(SOUNDS):
+        await db.execute("INSERT INTO sounds (user_id, filename, size, duration_ms, format, created_at)"
+                         " VALUES (?, ?, 1000, 300, 'mp3', '2026-01-01T00:00:00Z')", (user_id, f"sound{i}.mp3"))
+    triggers = TriggerStore(db, config)
+    for body in trigger_bodies():
+        await triggers.set(user_id, 100, TriggerSetSchema().load(body))
+    settings = SettingsStore(db, default_voice=config.tts.default_voice, voice_known=lambda _v: True)
+    speech = SpeechService(_SilentEngine(), Path(tmp) / "tts", b"bench-secret", max_bytes=10**9,
+                           max_concurrency=4, max_pending=20)
+    await speech.start()
+    return Parts(config, db, user_id, triggers, settings, speech)
+
+
 async def measure(events: int, rounds: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="ttboost-dispatch-") as tmp:
-        config = load_config(None, env={})
-        db = Database(Path(tmp) / "ttboost.db")
-        await db.open()
-        [user_id] = await asyncio.to_thread(insert_users, Path(tmp) / "ttboost.db", ["bench"])
-        for i in range(SOUNDS):
-            await db.execute("INSERT INTO sounds (user_id, filename, size, duration_ms, format, created_at)"
-                             " VALUES (?, ?, 1000, 300, 'mp3', '2026-01-01T00:00:00Z')", (user_id, f"sound{i}.mp3"))
-        triggers = TriggerStore(db, config)
-        for body in trigger_bodies():
-            await triggers.set(user_id, 100, TriggerSetSchema().load(body))
-        settings = SettingsStore(db, default_voice=config.tts.default_voice, voice_known=lambda _v: True)
-        speech = SpeechService(_SilentEngine(), Path(tmp) / "tts", b"bench-secret", max_bytes=10**9,
-                               max_concurrency=4, max_pending=20)
-        await speech.start()
+        parts = await rules_for(tmp)
+        config, db, user_id, triggers, settings, speech = (parts.config, parts.db, parts.user_id, parts.triggers,
+                                                           parts.settings, parts.speech)
         actions = ActionEngine(settings, triggers, speech, media_url="http://127.0.0.1:8000",
                                default_voice=config.tts.default_voice)
         bus = EventBus(db, replay_events=config.limits.replay_events, replay_seconds=config.limits.replay_seconds)
@@ -108,9 +134,7 @@ async def measure(events: int, rounds: int) -> dict[str, Any]:
             per_event.append((clock() - t0) / len(batch))
             await asyncio.sleep(0)  # let the speech workers and the log writer run between rounds
         await bus.close()
-        await speech.close()
-        await triggers.close()
-        await db.close()
+        await parts.close()
     best = min(per_event)
     return {"benchmark": "dispatch (in-process)", "machine": machine(), "events_per_round": events,
             "rounds": rounds, "frames": collector.frames, "us_per_event_best": round(best * 1e6, 2),

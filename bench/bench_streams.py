@@ -18,22 +18,17 @@ import random
 import tempfile
 import time
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any, Callable
 
-from bench.bench_dispatch import _SilentEngine, live_event
-from bench.common import insert_users, machine, percentile, write_result
-from bench.workload import SOUNDS, event_spec, trigger_bodies
+from bench.bench_dispatch import live_event, rules_for
+from bench.common import machine, percentile, write_result
+from bench.workload import event_spec
 from ttboost.config import load_config
 from ttboost.db import Database
 from ttboost.pipeline.actions import ActionEngine
 from ttboost.pipeline.bus import EventBus, FrameTiming, StreamRef, frame_ts
-from ttboost.settings import SettingsStore
 from ttboost.streams.recorder import StreamRecorder
 from ttboost.streams.rehearsal import NotCounted, Rehearsals
-from ttboost.trigger_schemas import TriggerSetSchema
-from ttboost.triggers import TriggerStore
-from ttboost.tts.service import SpeechService
 
 
 class _Arrivals:
@@ -122,33 +117,19 @@ async def rehearsal_pace(db: Database, user_id: int, engine: Callable[[Callable[
 
 async def measure(frames: int, events: int, seconds: float, speeds: list[int]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="ttboost-streams-") as tmp:
-        config = load_config(None, env={})
-        db = Database(Path(tmp) / "ttboost.db")
-        await db.open()
-        [user_id] = await asyncio.to_thread(insert_users, Path(tmp) / "ttboost.db", ["bench"])
-        for i in range(SOUNDS):
-            await db.execute("INSERT INTO sounds (user_id, filename, size, duration_ms, format, created_at)"
-                             " VALUES (?, ?, 1000, 300, 'mp3', '2026-01-01T00:00:00Z')", (user_id, f"sound{i}.mp3"))
-        triggers = TriggerStore(db, config)
-        for body in trigger_bodies():
-            await triggers.set(user_id, 100, TriggerSetSchema().load(body))
-        settings = SettingsStore(db, default_voice=config.tts.default_voice, voice_known=lambda _v: True)
-        speech = SpeechService(_SilentEngine(), Path(tmp) / "tts", b"bench-secret", max_bytes=10**9,
-                               max_concurrency=4, max_pending=20)
-        await speech.start()
+        parts = await rules_for(tmp)
+        db, user_id = parts.db, parts.user_id
 
         def engine(clock: Callable[[], float]) -> Any:
-            return ActionEngine(settings, NotCounted(triggers), speech,  # type: ignore[arg-type]
-                                media_url="http://127.0.0.1:8000", default_voice=config.tts.default_voice,
-                                clock=clock)
+            triggers: Any = NotCounted(parts.triggers)
+            return ActionEngine(parts.settings, triggers, parts.speech, media_url="http://127.0.0.1:8000",
+                                default_voice=parts.config.tts.default_voice, clock=clock)
 
         result: dict[str, Any] = {"benchmark": "streams (in-process)", "machine": machine()}
         result["recorder"] = await recorder_cost(db, user_id, frames)
         result["rehearsal"] = [await rehearsal_pace(db, user_id, engine, events, seconds, speed)
                                for speed in speeds]
-        await speech.close()
-        await triggers.close()
-        await db.close()
+        await parts.close()
     return result
 
 
