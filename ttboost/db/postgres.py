@@ -6,7 +6,7 @@ import asyncio
 import contextvars
 import logging
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Final, Iterable, Sequence
+from typing import Any, AsyncIterator, Awaitable, Callable, Final, Hashable, Iterable, Sequence, TypeVar
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -15,6 +15,8 @@ from . import dialect
 from .migrations import MIGRATIONS
 
 _LOGGER = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 POOL_MAX: Final = 10  # connections per process; PostgreSQL's default limit is 100 for the whole cluster
 CONNECT_TIMEOUT: Final = 10.0  # seconds for one connection attempt; start-up fails clearly after it
@@ -123,6 +125,11 @@ class PostgresDatabase:
         else:
             async with self.pool.acquire() as pooled:
                 yield pooled
+
+    async def cached(self, key: Hashable, load: Callable[[], Awaitable[T]]) -> T:
+        """Always `load()`: other workers commit too, and PostgreSQL has no cheap change counter like SQLite's
+        WAL index to tell when a remembered row went stale (a revocation must reach every worker at once)."""
+        return await load()
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Runs one statement; returns the new id for an INSERT into an id table, else the changed rows."""
