@@ -67,4 +67,5 @@ def ddl(statement: str) -> str:
         columns = _ID_KEY.sub(_IDENTITY, columns)
     else:
         columns = _ROWID + columns
-    return f"CREATE TABLE {name} ({_INTEGER.sub('BIGINT', columns)})"
+    # The ")" on a line of its own: the last column may end in a -- comment.
+    return f"CREATE TABLE {name} ({_INTEGER.sub('BIGINT', columns)}\n)"
