@@ -73,6 +73,10 @@ def _bash(script: str, server: ServerProcess, env: dict[str, str]) -> str:
     return done.stdout
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 async def test_first_steps_run_as_printed(tmp_path: Path) -> None:
     server = ServerProcess(tmp_path / "data")
     work = server.cwd  # the newcomer's checkout: run.py, examples/ and the Quick start's .venv/bin/python
@@ -96,9 +100,11 @@ async def test_first_steps_run_as_printed(tmp_path: Path) -> None:
         _bash("set -eo pipefail\n" + "\n".join(commands[:socket_at]) + "\ndeclare -p KEY TOKEN > vars.sh",
               server, env)
         with open(client_out, "wb") as out, open(client_err, "wb") as err:
-            # Its own session, so that Ctrl+C can be sent to its process group as a terminal does.
+            # Its own session, so that Ctrl+C can be sent to its process group as a terminal does; SIGINT at its
+            # default as in a terminal (a test run started in the background inherits it ignored).
             client = subprocess.Popen(["bash", "-c", "source vars.sh\n" + commands[socket_at]], cwd=work,
-                                      env=env, stdout=out, stderr=err, start_new_session=True)
+                                      env=env, stdout=out, stderr=err, start_new_session=True,
+                                      preexec_fn=_default_sigint)
         first = await _wait_for(client_out, '"type":"pong"', client)
         status = json.loads(first.splitlines()[0])
         assert status["type"] == "status" and status["state"] == "idle"  # step 4 switched auto_connect off
@@ -114,5 +120,6 @@ async def test_first_steps_run_as_printed(tmp_path: Path) -> None:
         assert client_err.read_text(encoding="utf-8") == ""  # quietly: no KeyboardInterrupt traceback
     finally:
         if client is not None and client.poll() is None:
-            client.kill()
+            os.killpg(client.pid, signal.SIGKILL)
+            client.wait()
         server.stop()
