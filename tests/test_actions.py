@@ -188,6 +188,20 @@ async def test_gift_cooldown_is_global(env: Env) -> None:
     assert env.speech.texts == ["thanks", "fallback", "fallback", "thanks"]
 
 
+async def test_releasing_an_idle_user_keeps_a_running_cooldown(env: Env) -> None:
+    await env.add("gift", say="thanks", cooldown_seconds=3600)
+    env.run("gift", user_id="1")
+    env.engine.forget(env.user_id)  # the streamer went away, but the hour has not passed
+    assert env.engine.cached_users() == {env.user_id}
+    env.run("gift", user_id="2")
+    assert env.speech.texts == ["thanks"]  # still cooling down
+    env.clock.now += 3600
+    env.engine.forget(env.user_id)
+    assert env.engine.cached_users() == set()
+    env.run("gift", user_id="3")
+    assert env.speech.texts == ["thanks", "thanks"]  # and the compiled rules come back on demand
+
+
 async def test_chat_cooldown_is_per_viewer(env: Env) -> None:
     await env.set(chat_tts_mode="off")
     await env.add("chat", "message_contains", "hi", say="hello {user}", cooldown_seconds=60)

@@ -32,6 +32,7 @@ from .pipeline.actions import ActionEngine
 from .pipeline.bus import EventBus
 from .pipeline.dispatch import Dispatcher
 from .errors import error_middleware
+from .janitor import MemoryJanitor
 from .metrics import Metrics, app_state
 from .logsetup import access_log_middleware
 from .ratelimit import ClientIP, RateLimiter
@@ -134,14 +135,15 @@ async def _rules_ctx(app: web.Application) -> AsyncIterator[None]:
     await triggers.close()  # writes the executed_count increments still pending
 
 
-def _live_ctx(source: LiveSource | None, backoff_min: float):
+def _live_ctx(source: LiveSource | None, backoff_min: float, clock: Callable[[], float]):
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         config = app[keys.CONFIG]
         recorder = StreamRecorder(app[keys.DB])  # the figures of each stream, fed by the bus
         await recorder.start()
         bus = EventBus(app[keys.DB], replay_events=config.limits.replay_events,
                        replay_seconds=config.limits.replay_seconds, language=config.server.language,
-                       retention_seconds=config.storage.event_retention_days * 86400, recorder=recorder)
+                       retention_seconds=config.storage.event_retention_days * 86400, recorder=recorder,
+                       clock=clock)
         await bus.start()
         dispatcher = Dispatcher(bus, app[keys.ACTIONS])
         if source is None:
@@ -154,9 +156,14 @@ def _live_ctx(source: LiveSource | None, backoff_min: float):
         live = LiveManager(live_source, dispatcher, db, config.tiktok,
                            license_active=functools.partial(has_active_license, db), backoff_min=backoff_min)
         await live.start_reaper()
-        app[keys.BUS], app[keys.DISPATCHER], app[keys.LIVE] = bus, dispatcher, live
+        janitor = MemoryJanitor(bus=bus, live=live, sockets=app[keys.SOCKETS], settings=app[keys.SETTINGS],
+                                triggers=app[keys.TRIGGERS], actions=app[keys.ACTIONS],
+                                window_seconds=config.limits.replay_seconds)
+        await janitor.start()
+        app[keys.BUS], app[keys.DISPATCHER], app[keys.LIVE], app[keys.JANITOR] = bus, dispatcher, live, janitor
         app[keys.RECORDER] = recorder
         yield
+        await janitor.close()
         await live.close()
         await bus.close()
         await recorder.close()  # after the last frames (combos flushed by the sessions' stop)
@@ -178,6 +185,7 @@ def _rehearsals_ctx(pacer: Pacer | None):
 
         rehearsals = Rehearsals(app[keys.DB], app[keys.BUS], engine, pacer)
         app[keys.REHEARSALS] = rehearsals
+        app[keys.JANITOR].keep_while(rehearsals.running)  # a rehearsal may go minutes without a frame
         yield
         await rehearsals.close()
 
@@ -205,12 +213,14 @@ async def _close_sockets(app: web.Application) -> None:
 
 
 def create_app(config: Config, *, live_source: LiveSource | None = None, tts_engine: TTSEngine | None = None,
-               reconnect_min_seconds: float = 1.0, rehearsal_pacer: Pacer | None = None) -> web.Application:
+               reconnect_min_seconds: float = 1.0, rehearsal_pacer: Pacer | None = None,
+               clock: Callable[[], float] = time.monotonic) -> web.Application:
     """The whole server as one aiohttp application; tests build it the same way with fakes injected.
 
     live_source replaces the TikTok adapter (tests of the pipeline), tts_engine the configured speech engine;
     reconnect_min_seconds is the first
-    back-off step (tests shrink it instead of sleeping); rehearsal_pacer replaces real time for rehearsals.
+    back-off step (tests shrink it instead of sleeping); rehearsal_pacer replaces real time for rehearsals;
+    clock times the replay window and with it the release of idle users' memory (tests move it by hand).
     """
     app = web.Application(
         middlewares=[access_log_middleware, error_middleware],
@@ -228,7 +238,7 @@ def create_app(config: Config, *, live_source: LiveSource | None = None, tts_eng
     app.cleanup_ctx.append(_media_ctx)
     app.cleanup_ctx.append(_speech_ctx(tts_engine))
     app.cleanup_ctx.append(_rules_ctx)
-    app.cleanup_ctx.append(_live_ctx(live_source, reconnect_min_seconds))
+    app.cleanup_ctx.append(_live_ctx(live_source, reconnect_min_seconds, clock))
     app.cleanup_ctx.append(_rehearsals_ctx(rehearsal_pacer))
     app.cleanup_ctx.append(_revocation_ctx)
     app[keys.OPENAPI] = openapi.OpenApiDocument()

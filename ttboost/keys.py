@@ -9,6 +9,7 @@ from aiohttp import web
 if TYPE_CHECKING:  # keys only name types; importing them here would tie every module together
     from .config import Config
     from .db import AnyDatabase
+    from .janitor import MemoryJanitor
     from .live.manager import LiveManager
     from .metrics import Metrics
     from .media import MediaStore
@@ -47,6 +48,7 @@ SOCKETS: Final = web.AppKey["SocketRegistry"]("sockets")
 RECORDER: Final = web.AppKey["StreamRecorder"]("recorder")
 REHEARSALS: Final = web.AppKey["Rehearsals"]("rehearsals")
 REVOCATION: Final = web.AppKey["RevocationWatch"]("revocation")
+JANITOR: Final = web.AppKey["MemoryJanitor"]("janitor")
 OPENAPI: Final = web.AppKey["OpenApiDocument"]("openapi")
 METRICS: Final = web.AppKey["Metrics"]("metrics")
 

@@ -108,7 +108,7 @@ class SettingsStore:
         self._db = db
         self._defaults = {**DEFAULTS, "voice_id": default_voice}
         self.voice_known = voice_known
-        self._cache: dict[int, dict[str, Any]] = {}  # one entry per streamer: a handful, never pruned
+        self._cache: dict[int, dict[str, Any]] = {}  # users with a socket or a watch (janitor.py releases the rest)
 
     def schema(self) -> SettingsUpdateSchema:
         return SettingsUpdateSchema(voice_known=self.voice_known)
@@ -120,6 +120,9 @@ class SettingsStore:
     async def prepare(self, user_id: int) -> None:
         if user_id not in self._cache:
             await self.get(user_id)
+
+    def cached_users(self) -> list[int]:
+        return list(self._cache)
 
     def invalidate(self, user_id: int) -> None:
         """Drops the cached copy, e.g. after the account's username changed (it is the tiktok_username default)."""

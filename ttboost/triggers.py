@@ -100,6 +100,7 @@ class TriggerStore:
         self._flush_seconds = flush_seconds
         self._rules: dict[int, dict[str, list[Trigger]]] = {}  # user → event type → enabled, in match order
         self._loaded_gen: dict[int, int] = {}  # user → generation of the refresh that filled _rules
+        self._refreshing: dict[int, int] = {}  # user → refreshes under way (only while there are some)
         self._gen = 0
         self._pending: dict[int, int] = {}  # trigger id → fired since the last flush
         self._task: asyncio.Task[None] | None = None
@@ -123,11 +124,28 @@ class TriggerStore:
         if user_id not in self._rules:
             await self.refresh(user_id)
 
+    def cached_users(self) -> list[int]:
+        return list(self._rules)
+
+    def forget(self, user_id: int) -> None:
+        """Drops the user's rules from memory; prepare() loads them again. Not while a refresh is under way:
+        its generation check needs the newer one's mark."""
+        if user_id not in self._refreshing:
+            self._rules.pop(user_id, None)
+            self._loaded_gen.pop(user_id, None)
+
     async def refresh(self, user_id: int) -> None:
         """Reloads the user's rules (also after a caller's transaction that touched triggers rolled back)."""
         self._gen += 1
         gen = self._gen
-        rows = await self._db.fetchall(_SELECT + " AND enabled = 1" + _ORDER, (user_id,))
+        self._refreshing[user_id] = self._refreshing.get(user_id, 0) + 1
+        try:
+            rows = await self._db.fetchall(_SELECT + " AND enabled = 1" + _ORDER, (user_id,))
+        finally:
+            if self._refreshing[user_id] > 1:
+                self._refreshing[user_id] -= 1
+            else:
+                del self._refreshing[user_id]
         if gen < self._loaded_gen.get(user_id, 0):
             return  # a later refresh already stored a newer view
         by_type: dict[str, list[Trigger]] = {}

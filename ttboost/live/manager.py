@@ -28,6 +28,9 @@ class _UserLocks:
     def __len__(self) -> int:
         return len(self._locks)
 
+    def __contains__(self, user_id: object) -> bool:
+        return user_id in self._locks
+
     @contextlib.asynccontextmanager
     async def hold(self, user_id: int) -> AsyncIterator[None]:
         lock, users = self._locks.get(user_id, (None, 0))
@@ -86,6 +89,22 @@ class LiveManager:
 
     def session(self, user_id: int) -> LiveSession | None:
         return self._sessions.get(user_id)
+
+    def cached_users(self) -> set[int]:
+        return set(self._sessions) | set(self._auto) | set(self._apps) | set(self._left_at)
+
+    def busy(self, user_id: int) -> bool:
+        """Whether the user has an app socket, a running watch, or a start/stop under way."""
+        session = self._sessions.get(user_id)
+        return user_id in self._apps or user_id in self._locks or (session is not None and session.running)
+
+    def forget(self, user_id: int) -> None:
+        """Drops what is kept of a user who is not busy(): a watch that ended in error (its combo and
+        duplicate memory included). The next start makes a new one, as it would anyway."""
+        if not self.busy(user_id):
+            self._sessions.pop(user_id, None)
+            self._auto.discard(user_id)
+            self._left_at.pop(user_id, None)
 
     def auto_started(self, user_id: int) -> bool:
         """Whether the user's running watch was started by auto_connect (an app connecting), not asked for."""

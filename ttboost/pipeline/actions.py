@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Final, Generic, Hashable, Mapping, Protocol, TypeVar
 from urllib.parse import quote
 
+from ..trigger_schemas import COOLDOWN_MAX
 from ..triggers import CONDITIONS, Trigger, render_template
 from ..tts.text import clean_text, contains_blocked
 from .events import LiveEvent
@@ -56,6 +57,10 @@ class _Lru(Generic[_K, _V]):
     def __contains__(self, key: object) -> bool:
         return key in self._data
 
+    def latest(self) -> _V | None:
+        """The value written last."""
+        return next(reversed(self._data.values()), None)
+
 
 @dataclass(slots=True)
 class _Stream:
@@ -88,8 +93,8 @@ class ActionEngine:
         self._clock = clock
         self._users: dict[int, _User] = {}
         self._unprepared_logged: set[int] = set()
-        # (user, event type) → the rule list it was compiled from, and the compiled rules (see _plan).
-        self._plans: dict[tuple[int, str], tuple[list[Trigger], list[Compiled]]] = {}
+        # user → event type → the rule list it was compiled from, and the compiled rules (see _plan).
+        self._plans: dict[int, dict[str, tuple[list[Trigger], list[Compiled]]]] = {}
 
     async def prepare(self, user_id: int) -> None:
         await self._settings.prepare(user_id)
@@ -97,6 +102,20 @@ class ActionEngine:
 
     def stream_started(self, user_id: int) -> None:
         self._user(user_id).stream = _Stream()
+
+    def cached_users(self) -> set[int]:
+        return set(self._users) | set(self._plans) | self._unprepared_logged
+
+    def forget(self, user_id: int) -> None:
+        """Drops a user's state (per-stream counters, compiled rules) once nothing runs for them: a new watch
+        starts a new stream anyway. Kept while a trigger cooldown may still be running (they outlive streams)."""
+        state = self._users.get(user_id)
+        fired = state.cooldowns.latest() if state is not None else None
+        if fired is not None and self._clock() - fired < COOLDOWN_MAX:
+            return
+        self._users.pop(user_id, None)
+        self._plans.pop(user_id, None)
+        self._unprepared_logged.discard(user_id)
 
     def apply(self, user_id: int, event: LiveEvent, *, first_message: bool | None = None) -> LiveEvent | None:
         """Sets event.extra's audio fields; an unexpected error is logged and the event goes on silent.
@@ -177,9 +196,10 @@ class ActionEngine:
     def _plan(self, user_id: int, event_type: str) -> list[Compiled]:
         """The user's rules of this type, compiled once per version: TriggerStore swaps in new lists on change."""
         rules = self._triggers.rules(user_id, event_type)
-        cached = self._plans.get((user_id, event_type))
+        plans = self._plans.setdefault(user_id, {})
+        cached = plans.get(event_type)
         if cached is None or cached[0] is not rules or len(cached[1]) != len(rules):
-            cached = self._plans[(user_id, event_type)] = (rules, compile_rules(rules))
+            cached = plans[event_type] = (rules, compile_rules(rules))
         return cached[1]
 
     def _switches(self, event_type: str, settings: Mapping[str, Any]) -> tuple[bool, bool]:

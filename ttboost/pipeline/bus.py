@@ -108,6 +108,7 @@ class Channel:
     overlays: set[Subscriber] = field(default_factory=set)  # read-only overlay sockets (spec §9), any number
     meta: dict[str, Any] = field(default_factory=dict)
     renewing: asyncio.Task[None] | None = None  # the seq reservation being raised
+    touched: float = 0.0  # clock() of the last publish, attach or detach: the replay window runs from there
 
 
 class EventBus:
@@ -157,7 +158,8 @@ class EventBus:
         self._creating[user_id] = future
         try:
             last, top = await self._seqs.open(user_id, self.log.last_waiting_seq(user_id))
-            channel = Channel(user_id, last, top, deque(maxlen=self._replay_events), language=self._language)
+            channel = Channel(user_id, last, top, deque(maxlen=self._replay_events), language=self._language,
+                              touched=self._clock())
             self._channels[user_id] = channel
             future.set_result(channel)
             return channel
@@ -186,7 +188,7 @@ class EventBus:
         ts = frame_ts(wall)
         body = encode(payload)
         frame = encode_frame(type_, channel.seq, ts, payload, body)
-        now = self._clock()
+        now = channel.touched = self._clock()
         channel.buffer.append((channel.seq, now, frame))
         self._trim(channel, now)
         if type_ == "status":
@@ -238,12 +240,38 @@ class EventBus:
         return [frame for seq, _, frame in channel.buffer if seq > since]
 
     def attach(self, user_id: int, subscriber: Subscriber) -> None:
-        self._channels[user_id].subscriber = subscriber
+        channel = self._channels[user_id]
+        channel.subscriber, channel.touched = subscriber, self._clock()
 
     def detach(self, user_id: int, subscriber: Subscriber) -> None:
         channel = self._channels.get(user_id)
         if channel is not None and channel.subscriber is subscriber:
-            channel.subscriber = None
+            channel.subscriber, channel.touched = None, self._clock()
+
+    def cached_users(self) -> list[int]:
+        return list(self._channels)
+
+    def trim_idle(self) -> None:
+        """Drops frames older than the replay window from every buffer, also of users nothing publishes to."""
+        now = self._clock()
+        for channel in self._channels.values():
+            self._trim(channel, now)
+
+    def forget(self, user_id: int) -> bool:
+        """Releases the channel of a user no socket reads and nothing published to for the whole replay window
+        (its buffer holds nothing replayable any more); False while it is still in use. channel() makes it
+        again on demand."""
+        channel = self._channels.get(user_id)
+        if user_id in self._creating:
+            return False
+        if channel is None:
+            return True
+        if (channel.subscriber is not None or channel.overlays or channel.renewing is not None
+                or self._clock() - channel.touched < self._replay_seconds):
+            return False
+        # The unused rest of its seq reservation stays reserved: channel() goes on above it (a gap, no repeat).
+        del self._channels[user_id]
+        return True
 
     def attach_overlay(self, user_id: int, subscriber: Subscriber) -> None:
         self._channels[user_id].overlays.add(subscriber)
