@@ -108,7 +108,7 @@ class Channel:
     overlays: set[Subscriber] = field(default_factory=set)  # read-only overlay sockets (spec §9), any number
     meta: dict[str, Any] = field(default_factory=dict)
     renewing: asyncio.Task[None] | None = None  # the seq reservation being raised
-    touched: float = 0.0  # clock() of the last publish, attach or detach: the replay window runs from there
+    touched: float = 0.0  # clock() of the last use (channel(), publish, attach, detach): released a window later
 
 
 class EventBus:
@@ -151,6 +151,7 @@ class EventBus:
         """The user's channel, created on first use with seq continuing above every number handed out before."""
         existing = self._channels.get(user_id)
         if existing is not None:
+            existing.touched = self._clock()  # about to be used: not released under its caller (janitor.py)
             return existing
         if user_id in self._creating:  # two callers at once share one creation
             return await asyncio.shield(self._creating[user_id])
