@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
+import threading
 import time
 from typing import Any
 
@@ -13,8 +15,11 @@ from yarl import URL
 
 from tests.conftest import JWT_SECRET
 from tests.helpers import bearer, make_user
+from ttboost import keys
+from ttboost.errors import ApiError
 from ttboost.logsetup import RedactingFilter
 from ttboost.ratelimit import ip_bucket
+from ttboost.security import PasswordHasher
 
 
 def signed(**claims: Any) -> str:
@@ -125,3 +130,32 @@ def test_the_log_filter_redacts_library_records_and_tracebacks() -> None:
     text = stream.getvalue()
     assert "1.2.3.4" in text and "ValueError: bad target" in text
     assert token not in text and token.split(".")[1] not in text
+
+
+async def test_password_hashing_is_bounded_and_sheds_at_once() -> None:
+    """One worker, one waiting: of three hashes asked for at once, the third is refused before any runs."""
+    hasher = PasswordHasher(4, workers=1, queue=1)
+    try:
+        results = await asyncio.gather(*(hasher.hash("secret1") for _ in range(3)), return_exceptions=True)
+    finally:
+        hasher.close()
+    assert [isinstance(r, str) for r in results] == [True, True, False]
+    refused = results[2]
+    assert isinstance(refused, ApiError) and refused.status == 503 and int(refused.headers["Retry-After"]) >= 1
+
+
+async def test_a_login_past_the_queue_gets_503_with_retry_after(make_client) -> None:
+    client = await make_client(auth={"bcrypt_rounds": 4, "hash_workers": 1, "hash_queue": 0})
+    hasher = client.app[keys.PASSWORDS]
+    await hasher.warm_up()
+    gate = threading.Event()
+    busy = asyncio.ensure_future(hasher._run(gate.wait, 10))  # the one worker held by another login
+    try:
+        resp = await client.post("/v2/auth/login", json={"username": "nobody", "password": "whatever"})
+        assert resp.status == 503 and int(resp.headers["Retry-After"]) >= 1
+        assert await resp.json() == {"detail": "busy, try again", "code": "busy"}
+    finally:
+        gate.set()
+        await busy
+    resp = await client.post("/v2/auth/login", json={"username": "nobody", "password": "whatever"})
+    assert resp.status == 401  # a free worker: answered as usual

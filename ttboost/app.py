@@ -76,6 +76,7 @@ async def _database_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     warm_up.cancel()
     await asyncio.gather(warm_up, return_exceptions=True)
+    app[keys.PASSWORDS].close()
     await db.close()
 
 
@@ -228,7 +229,9 @@ def create_app(config: Config, *, live_source: LiveSource | None = None, tts_eng
     )
     app[keys.CONFIG] = config
     app[keys.STARTED_AT] = time.monotonic()
-    app[keys.PASSWORDS] = PasswordHasher(config.auth.bcrypt_rounds)
+    app[keys.PASSWORDS] = PasswordHasher(config.auth.bcrypt_rounds, workers=config.auth.hash_workers,
+                                         queue=config.auth.hash_queue,
+                                         max_wait=config.auth.hash_max_wait_seconds)
     app[keys.CLIENT_IP] = ClientIP(config.server.trusted_proxies)
     app[keys.LIMITERS] = _limiters(config)
     app[keys.SOCKETS] = SocketRegistry()

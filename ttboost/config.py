@@ -52,6 +52,7 @@ class AuthConfig:
     bcrypt_rounds: int = 12  # cost factor; tests lower it, production keeps ~250 ms per hash
     hash_workers: int = 0  # bcrypt hashes at a time; 0 = one per CPU core
     hash_queue: int = 16  # logins waiting for a hash beyond the running ones; more answer 503 at once
+    hash_max_wait_seconds: float = 3.0  # and no more than would wait this long (estimated): 503 instead
     revocation_check_seconds: float = 2.0  # how soon a revoked licence or password reaches open sockets
 
 

@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hmac
+import math
 import os
 import re
 import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Final
+from typing import Any, Callable, Final, TypeVar
 
 import bcrypt
 import jwt
+
+from .errors import ApiError
+
+_T = TypeVar("_T")
+
 
 # 32 symbols without I, L, O, U: 5 bits each, 12 symbols = 60 bits (spec §3).
 KEY_ALPHABET: Final = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -43,17 +50,50 @@ def constant_time_equals(given: str, expected: str) -> bool:
 
 
 class PasswordHasher:
-    """bcrypt in a worker thread; unknown users are checked against a dummy hash so timing matches."""
+    """bcrypt off the event loop, at most `workers` hashes at a time (one per core: more only makes each slower),
+    with at most `queue` more waiting, and no more than would wait over `max_wait` seconds by the running
+    estimate of one hash (a slow or busy machine queues fewer); past that a login is told at once to come back
+    (503 + Retry-After) rather than waiting many seconds and timing out. Unknown users are checked against a
+    dummy hash so timing matches."""
 
-    def __init__(self, rounds: int = 12) -> None:
+    def __init__(self, rounds: int = 12, *, workers: int = 0, queue: int = 16, max_wait: float = 3.0) -> None:
         self.rounds = rounds
+        self.workers = workers or os.cpu_count() or 1
+        self.queue = queue
+        self.max_wait = max_wait
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._pending = 0  # hashes submitted and not finished: running + waiting
+        self._seconds = 0.25  # running estimate of one hash, for Retry-After
         self._dummy: bytes | None = None
+
+    async def _run(self, func: Callable[..., _T], *args: Any) -> _T:
+        waits = (self._pending // self.workers + 1) * self._seconds  # until this one is done, roughly
+        if self._pending >= self.workers + self.queue or (self._pending >= self.workers and waits > self.max_wait):
+            retry = max(1, math.ceil(self._pending / self.workers * self._seconds))
+            raise ApiError(503, "busy, try again", "busy", headers={"Retry-After": str(retry)})
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(self.workers, thread_name_prefix="bcrypt")
+        self._pending += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, self._timed, func, *args)
+        finally:
+            self._pending -= 1
+
+    def _timed(self, func: Callable[..., _T], *args: Any) -> _T:
+        started = time.perf_counter()
+        result = func(*args)
+        self._seconds = 0.8 * self._seconds + 0.2 * (time.perf_counter() - started)
+        return result
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
 
     def _hash_sync(self, password: str) -> str:
         return bcrypt.hashpw(password.encode("utf-8"), bcrypt.gensalt(self.rounds)).decode("ascii")
 
     async def hash(self, password: str) -> str:
-        return await asyncio.to_thread(self._hash_sync, password)
+        return await self._run(self._hash_sync, password)
 
     async def warm_up(self) -> None:
         """Makes the dummy hash at start, so even the first unknown-user login costs one check, not two."""
@@ -65,9 +105,9 @@ class PasswordHasher:
         if hashed is None:
             await self.warm_up()
             assert self._dummy is not None
-            await asyncio.to_thread(bcrypt.checkpw, password.encode("utf-8"), self._dummy)
+            await self._run(bcrypt.checkpw, password.encode("utf-8"), self._dummy)
             return False
-        return await asyncio.to_thread(bcrypt.checkpw, password.encode("utf-8"), hashed.encode("ascii"))
+        return await self._run(bcrypt.checkpw, password.encode("utf-8"), hashed.encode("ascii"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ from ..errors import ApiError, json_response
 from ..openapi import docs
 from ..schemas import LegacyLoginSchema, LoginSchema, PasswordChangeSchema, RedeemLicenseSchema
 from .common import authenticate, limit_by_ip, load_body
-from .responses import (IP_RATE_LIMITED, LICENSE_ERRORS, LegacyLoginResponseSchema, MeSchema,
+from .responses import (HASH_BUSY, IP_RATE_LIMITED, LICENSE_ERRORS, LegacyLoginResponseSchema, MeSchema,
                         TokenResponseSchema)
 
 _LOGGER = logging.getLogger(__name__)
@@ -27,7 +27,8 @@ ME_FLAT_SETTINGS: Final = ("voice_id", "tts_enabled", "tts_volume", "gifts_volum
 @docs("First login with a license key (creates the account, or logs in and binds the key)", tags=["auth"],
       security=(), body=RedeemLicenseSchema,
       responses={200: TokenResponseSchema, 401: "invalid credentials (existing account, wrong password)",
-                 **LICENSE_ERRORS, 429: IP_RATE_LIMITED, 503: "busy, try again (the account changed meanwhile)"})
+                 **LICENSE_ERRORS, 429: IP_RATE_LIMITED,
+                 503: f"{HASH_BUSY}; or the account changed meanwhile"})
 async def redeem_license(request: web.Request) -> web.Response:
     limit_by_ip(request, "auth")
     body = await load_body(request, RedeemLicenseSchema())
@@ -42,7 +43,7 @@ async def redeem_license(request: web.Request) -> web.Response:
 
 @routes.post("/v2/auth/login")
 @docs("Log in with username and password", tags=["auth"], security=(), body=LoginSchema,
-      responses={200: TokenResponseSchema, 401: "invalid credentials", 429: IP_RATE_LIMITED})
+      responses={200: TokenResponseSchema, 401: "invalid credentials", 429: IP_RATE_LIMITED, 503: HASH_BUSY})
 async def login(request: web.Request) -> web.Response:
     limit_by_ip(request, "auth")
     body = await load_body(request, LoginSchema())
@@ -85,7 +86,7 @@ async def me(request: web.Request) -> web.Response:
 @routes.post("/v2/auth/password")
 @docs("Change the password; every earlier token is revoked and a new one returned", tags=["auth"],
       body=PasswordChangeSchema, responses={200: TokenResponseSchema, 401: "invalid token | invalid credentials",
-                                            429: IP_RATE_LIMITED})
+                                            429: IP_RATE_LIMITED, 503: HASH_BUSY})
 async def change_password(request: web.Request) -> web.Response:
     limit_by_ip(request, "auth")
     user = await authenticate(request)

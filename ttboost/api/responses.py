@@ -11,6 +11,7 @@ from ..settings import SettingsUpdateSchema
 
 # Error descriptions several routes share.
 IP_RATE_LIMITED: Final = "too many requests (per client IP); see Retry-After"
+HASH_BUSY: Final = "busy, try again: too many logins are waiting for a password check; see Retry-After"
 USER_RATE_LIMITED: Final = "too many requests (per user); see Retry-After"
 LICENSE_ERRORS: Final[Mapping[int, str]] = {403: "license not active | license expired", 404: "license not found",
                                            409: "license already bound to another user"}
