@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -34,13 +35,14 @@ class ServerProcess:
     same data. Output goes to a log file (a pipe nobody reads would fill and block the server)."""
 
     def __init__(self, data_dir: Path, *, config_file: Path | None = None,
-                 env: Mapping[str, str] | None = None) -> None:
+                 env: Mapping[str, str] | None = None, nofile: int | None = None) -> None:
         self.data_dir = data_dir
         self.config_file = config_file
         self.port = free_port()
         self.log_path = data_dir.parent / "server.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self._extra_env = dict(env or {})
+        self._nofile = nofile  # the child's open-file limit (soft and hard), as `ulimit -n` would set it
 
     @property
     def cwd(self) -> Path:
@@ -86,7 +88,7 @@ class ServerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self._argv(), cwd=self.cwd, env=self.env(), stdin=subprocess.DEVNULL,
-                                         stdout=log, stderr=subprocess.STDOUT)
+                                         stdout=log, stderr=subprocess.STDOUT, preexec_fn=self._limits)
         deadline = time.monotonic() + START_TIMEOUT
         async with aiohttp.ClientSession() as session:
             while time.monotonic() < deadline:
@@ -101,6 +103,10 @@ class ServerProcess:
                 await asyncio.sleep(0.05)
         self.kill()
         raise RuntimeError(f"server did not answer /health within {START_TIMEOUT} s:\n{self.log_tail()}")
+
+    def _limits(self) -> None:
+        if self._nofile is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (self._nofile, self._nofile))
 
     def kill(self) -> None:
         """SIGKILL: no shutdown code runs at all, like a power cut for the process (not for the disk)."""

@@ -175,7 +175,7 @@ async def test_save_is_atomic_and_replaces(store: MediaStore) -> None:
     await store.save(1, "rose.mp3", b"first")
     folder = store.root / "sounds" / "1"
     assert files_in(folder) == ["rose.mp3"]  # no temp file left
-    assert (folder / "rose.mp3").stat().st_mode & 0o777 == 0o644
+    assert (folder / "rose.mp3").stat().st_mode & 0o777 == 0o600  # owner-only (spec §1)
     await store.save(1, "rose.mp3", b"second version")
     assert files_in(folder) == ["rose.mp3"]
     assert (folder / "rose.mp3").read_bytes() == b"second version"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import os
 import threading
 import time
 from typing import Any
@@ -13,7 +14,7 @@ import jwt
 import pytest
 from yarl import URL
 
-from tests.conftest import JWT_SECRET
+from tests.conftest import JWT_SECRET, make_config
 from tests.helpers import bearer, make_user
 from ttboost import keys
 from ttboost.errors import ApiError
@@ -159,3 +160,22 @@ async def test_a_login_past_the_queue_gets_503_with_retry_after(make_client) -> 
         await busy
     resp = await client.post("/v2/auth/login", json={"username": "nobody", "password": "whatever"})
     assert resp.status == 401  # a free worker: answered as usual
+
+
+async def test_data_files_and_folders_are_owner_only_whatever_the_umask(make_client, tmp_path) -> None:
+    old = os.umask(0)  # the most permissive umask: nothing may come out group- or world-readable anyway
+    try:
+        data = tmp_path / "fresh" / "data"
+        client = await make_client(make_config(data))
+        _, token = await make_user(client.app)
+        resp = await client.post("/v2/tts/generate", json={"text": "hello there"}, headers=bearer(token))
+        assert resp.status == 200
+        await client.get(URL((await resp.json())["url"]).path)  # the speech file is written
+        await client.app[keys.DB].backup(tmp_path / "backup.db")
+    finally:
+        os.umask(old)
+    paths = [p for p in (tmp_path / "fresh").rglob("*")] + [tmp_path / "fresh", tmp_path / "backup.db"]
+    assert any(p.name.endswith("-wal") for p in paths) and any(p.suffix == ".mp3" for p in paths)
+    loose = {str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777) for p in paths
+             if p.stat().st_mode & 0o077}
+    assert loose == {}

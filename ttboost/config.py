@@ -32,6 +32,8 @@ class ServerConfig:
     tls_key: str = ""
     language: str = "ru"  # ru | en: texts of status/error frames
     shutdown_timeout: float = 5.0  # seconds given to open requests on shutdown
+    header_timeout: float = 10.0  # seconds a connection has to deliver a request's headers; 0: no limit
+    max_connections: int = 0  # open connections at most; 0: 80 % of the open-file limit
     metrics_allow: tuple[str, ...] = ("127.0.0.0/8", "::1/128")  # who may read GET /metrics; empty: nobody
 
 

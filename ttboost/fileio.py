@@ -8,13 +8,45 @@ import os
 import tempfile
 from contextlib import suppress
 from pathlib import Path
-from typing import Awaitable, TypeVar
+from typing import Awaitable, Final, TypeVar
 
 _LOGGER = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 
-def write_atomic(folder: Path, filename: str, data: bytes, *, prefix: str, suffix: str, mode: int = 0o644) -> None:
+PRIVATE_FILE: Final = 0o600  # data files: the server alone reads them (it serves media itself)
+PRIVATE_DIR: Final = 0o700
+
+
+def make_private_dir(folder: Path) -> None:
+    """Blocking. mkdir -p where every folder created is owner-only, whatever the umask (Path.mkdir gives the
+    parents it creates the umask's default mode). Existing folders are left as the operator set them."""
+    missing = []
+    for path in (folder, *folder.parents):
+        if path.exists():
+            break
+        missing.append(path)
+    for path in reversed(missing):
+        try:
+            path.mkdir(mode=PRIVATE_DIR)
+        except FileExistsError:
+            continue  # made meanwhile by another task or process: theirs stands
+        os.chmod(path, PRIVATE_DIR)  # mkdir's mode passes through the umask, which could only take bits away
+
+
+def create_private_file(path: Path) -> None:
+    """Blocking. Creates path empty with mode 0600 unless it exists, so that whatever writes it later (SQLite,
+    which gives its -wal and -shm files the database file's mode) starts from owner-only."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE)
+    except FileExistsError:
+        return
+    os.fchmod(fd, PRIVATE_FILE)
+    os.close(fd)
+
+
+def write_atomic(folder: Path, filename: str, data: bytes, *, prefix: str, suffix: str,
+                 mode: int = PRIVATE_FILE) -> None:
     """Blocking (run it in a thread). Temp file in the same folder, fsync, rename, fsync the folder: the final
     name only ever holds complete data, also after a crash; the temp file (prefix…suffix) is removed on error."""
     tmp = stage_file(folder, data, prefix=prefix, suffix=suffix, mode=mode)
@@ -25,12 +57,12 @@ def write_atomic(folder: Path, filename: str, data: bytes, *, prefix: str, suffi
         raise
 
 
-def stage_file(folder: Path, data: bytes, *, prefix: str, suffix: str, mode: int = 0o644) -> Path:
+def stage_file(folder: Path, data: bytes, *, prefix: str, suffix: str, mode: int = PRIVATE_FILE) -> Path:
     """Blocking. Writes data, complete and on disk, to a new temp file in folder (removed again on error).
 
     The slow half of an atomic write, split off so that a caller can do it before taking a lock and only
     publish (rename) inside it."""
-    folder.mkdir(parents=True, exist_ok=True)
+    make_private_dir(folder)
     # Same folder as the target, so the later os.replace is a rename within one file system: readers see the
     # old file or the new one, never half of one.
     fd, name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=folder)

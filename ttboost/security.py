@@ -18,6 +18,7 @@ import bcrypt
 import jwt
 
 from .errors import ApiError
+from .fileio import make_private_dir
 
 _T = TypeVar("_T")
 
@@ -163,7 +164,7 @@ def load_or_create_secret(path: Path) -> str:
         return path.read_text(encoding="ascii").strip()
     except FileNotFoundError:
         pass
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dir(path.parent)
     secret = secrets.token_urlsafe(SECRET_BYTES)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

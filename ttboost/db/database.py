@@ -11,6 +11,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Final, Hashable, Ite
 
 import aiosqlite
 
+from ..fileio import create_private_file, make_private_dir
 from .migrations import MIGRATIONS
 from .readcache import ReadCache
 
@@ -23,6 +24,11 @@ _IN_TRANSACTION: contextvars.ContextVar[bool] = contextvars.ContextVar("ttboost_
 
 Row = aiosqlite.Row
 T = TypeVar("T")
+
+
+def _create_private(path: Path) -> None:
+    make_private_dir(path.parent)
+    create_private_file(path)
 
 
 class Database:
@@ -41,7 +47,8 @@ class Database:
 
     async def open(self) -> None:
         if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            # Owner-only whatever the umask: it holds password hashes and licence keys.
+            await asyncio.to_thread(_create_private, Path(self.path))
         self._conn = await aiosqlite.connect(self.path, isolation_level=None)
         self._conn.row_factory = aiosqlite.Row
         for pragma in ("journal_mode=WAL", "foreign_keys=ON", "synchronous=NORMAL",
@@ -189,6 +196,7 @@ class Database:
     async def backup(self, target: Path | str) -> None:
         """SQLite online backup into a new file (consistent while the server writes)."""
         async with self._turn():
+            await asyncio.to_thread(create_private_file, Path(target))  # a copy of the hashes: owner-only
             dest = await aiosqlite.connect(str(target))
             try:
                 await self.conn.backup(dest)

@@ -16,7 +16,6 @@ _LOGGER = logging.getLogger(__name__)
 # Temp files start with a dot, so is_sound_name() never matches them: never listed, counted or served.
 TEMP_PREFIX: Final = ".upload-"
 TEMP_SUFFIX: Final = ".tmp"
-FILE_MODE: Final = 0o644  # sounds are public by URL; a reverse proxy serving them directly must read them
 
 
 class MediaStore:
@@ -61,8 +60,9 @@ class MediaStore:
 
     async def stage(self, user_id: int, data: bytes) -> Path:
         """Writes the bytes to a temp file in the user's folder (complete and synced, not yet visible)."""
+        # Owner-only like every data file: the server serves sounds itself (spec §1, issue 9).
         return await asyncio.to_thread(stage_file, self.user_dir(user_id), data, prefix=TEMP_PREFIX,
-                                       suffix=TEMP_SUFFIX, mode=FILE_MODE)
+                                       suffix=TEMP_SUFFIX)
 
     async def publish(self, tmp: Path, filename: str) -> None:
         """Renames a staged file to its sound name, replacing one of the same name."""

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import AsyncGenerator, Callable, Final
 
-from ..fileio import run_to_end, write_atomic
+from ..fileio import make_private_dir, run_to_end, write_atomic
 from .engine import TTSEngine, TTSError, clamp_rate
 from .job import Job, JobState
 from .queue import FairQueue, Lane
@@ -280,7 +280,7 @@ class SpeechService:
 
 def _scan(directory: Path) -> tuple[list[tuple[str, int]], int]:
     """Blocking. Cache files by mtime (oldest first), after removing temp and empty files a crash left."""
-    directory.mkdir(parents=True, exist_ok=True)
+    make_private_dir(directory)
     found: list[tuple[float, str, int]] = []
     removed = 0
     with os.scandir(directory) as entries:
