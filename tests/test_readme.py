@@ -113,6 +113,9 @@ async def test_first_steps_run_as_printed(tmp_path: Path) -> None:
         chat = next(json.loads(line) for line in frames.splitlines() if '"type":"chat"' in line)
         assert chat["user"] == "Anna" and chat["tts_url"].startswith(server.url + "/static/tts/")
         assert chat["volume"] == 80  # step 4's tts_volume
+        [shown] = [json.loads(b) for b in blocks(steps, "json") if '"type":"chat"' in b]
+        assert set(shown) == set(chat) and {k: v for k, v in shown.items() if k not in ("ts", "tts_url")} == {
+            k: v for k, v in chat.items() if k not in ("ts", "tts_url")}, "the README shows another frame"
         gift = next(json.loads(line) for line in frames.splitlines() if '"type":"gift"' in line)
         assert gift["sound_url"] == f"{server.url}/static/sounds/1/rose.mp3" and gift["volume"] == 100
         os.killpg(client.pid, signal.SIGINT)  # Ctrl+C

@@ -344,7 +344,8 @@ async def test_auto_connect_off_stops_the_watch_it_started_and_on_starts_it(app_
     auth = {"Authorization": f"Bearer {token}"}
     ws = await app_client.ws_connect(f"/v2/ws?token={token}")
     watch = await source.next_watch()  # started by auto_connect
-    resp = await app_client.post("/v2/settings/update", headers=auth, json={"auto_connect": False})
+    # The original app's switch, under its old name (auto_connect_live), stops it too.
+    resp = await app_client.post("/v2/settings/update", headers=auth, json={"auto_connect_live": False})
     assert resp.status == 200
     await recv_type(ws, "status", state="idle")
     assert watch.cancelled
