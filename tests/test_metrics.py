@@ -48,6 +48,10 @@ async def test_http_requests_are_counted_by_route_pattern_and_status_class(clien
     assert (await client.get("/v2/auth/me")).status == 401
     assert (await client.delete("/v2/sounds/a.mp3", headers=bearer(token))).status == 404
     assert (await client.get("/no/such/path/123")).status == 404
+    ws = await client.ws_connect(f"/v2/ws?token={token}&demo=0")  # a socket's life is no request time
+    await ws.receive()
+    await ws.close()
+    assert (await client.get("/v2/ws?token=bad")).status == 401  # but a refusal before the upgrade is
     samples = await scrape(client)
     count = "ttboost_http_request_duration_seconds_count"
     assert sample_sum(samples, count, route="/v2/auth/me", status="2xx", method="GET") == 1
@@ -55,6 +59,7 @@ async def test_http_requests_are_counted_by_route_pattern_and_status_class(clien
     assert sample_sum(samples, count, route="/v2/sounds/{filename}", status="4xx", method="DELETE") == 1
     assert sample_sum(samples, count, route="unmatched", status="4xx") == 1
     assert not any("/no/such" in dict(labels).get("route", "") for _, labels in samples)
+    assert sample_sum(samples, count, route="/v2/ws") == sample_sum(samples, count, route="/v2/ws", status="4xx") == 1
 
 
 async def test_speech_synthesis_is_timed_by_engine(client) -> None:

@@ -15,6 +15,7 @@ from . import keys, openapi, ws
 from .api import auth
 from .api import events, health
 from .api import metrics as metrics_api
+from .api import overlay as overlay_api
 from .api import openapi as openapi_api
 from .api import licenses as licenses_api
 from .api import settings as settings_api
@@ -34,6 +35,7 @@ from .pipeline.dispatch import Dispatcher
 from .errors import error_middleware
 from .janitor import MemoryJanitor
 from .metrics import Metrics, app_state
+from .overlay.page import OverlayPage
 from .logsetup import access_log_middleware
 from .ratelimit import ClientIP, RateLimiter
 from .revocation import RevocationWatch
@@ -245,6 +247,7 @@ def create_app(config: Config, *, live_source: LiveSource | None = None, tts_eng
     app.cleanup_ctx.append(_rehearsals_ctx(rehearsal_pacer))
     app.cleanup_ctx.append(_revocation_ctx)
     app[keys.OPENAPI] = openapi.OpenApiDocument()
+    app[keys.OVERLAY_PAGE] = OverlayPage()
     # First at startup, before any resource opens: by then every route (CORS too) exists, and one without
     # docs stops the server rather than silently missing from /v2/openapi.json.
     app.on_startup.insert(0, openapi.check_on_startup)
@@ -253,6 +256,7 @@ def create_app(config: Config, *, live_source: LiveSource | None = None, tts_eng
 
     app.router.add_routes(health.routes)
     app.router.add_routes(metrics_api.routes)
+    app.router.add_routes(overlay_api.routes)
     app.router.add_routes(openapi_api.routes)
     app.router.add_routes(events.routes)
     app.router.add_routes(ws.routes)
@@ -276,5 +280,5 @@ def _setup_cors(app: web.Application, config: Config) -> None:
                                            max_age=600)
     cors = aiohttp_cors.setup(app, defaults={origin: options for origin in config.server.cors_origins})
     for route in list(app.router.routes()):
-        if route.method != "HEAD" and not route.resource.canonical.startswith(("/ws", "/v2/ws")):
+        if route.method != "HEAD" and not route.resource.canonical.startswith(("/ws", "/v2/ws", "/v2/overlay/ws")):
             cors.add(route)

@@ -14,6 +14,7 @@ if TYPE_CHECKING:  # keys only name types; importing them here would tie every m
     from .metrics import Metrics
     from .media import MediaStore
     from .openapi import OpenApiDocument
+    from .overlay.page import OverlayPage
     from .pipeline.actions import ActionEngine
     from .pipeline.bus import EventBus
     from .pipeline.dispatch import Dispatcher
@@ -51,6 +52,7 @@ REVOCATION: Final = web.AppKey["RevocationWatch"]("revocation")
 JANITOR: Final = web.AppKey["MemoryJanitor"]("janitor")
 OPENAPI: Final = web.AppKey["OpenApiDocument"]("openapi")
 METRICS: Final = web.AppKey["Metrics"]("metrics")
+OVERLAY_PAGE: Final = web.AppKey["OverlayPage"]("overlay_page")
 
 # Per-request storage.
 USER_ID: Final = web.RequestKey("user_id", int)  # the authenticated user, for the request log line

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -19,9 +20,13 @@ _ACCESS = logging.getLogger("ttboost.access")
 _SECRET_NAMES: Final = frozenset({"token", "access_token", "ws_token", "key", "license_key", "authorization"})
 _QUERY_SPLIT: Final = re.compile(r"([&;])")
 _WS_SEGMENT: Final = re.compile(r"((?:/|%2f)ws(?:/|%2f)+)[^/?#]+", re.I)
+# /overlay/<overlay key> likewise; /v2/overlay/ws and /v2/overlay/key are routes, not keys.
+_OVERLAY_SEGMENT: Final = re.compile(r"((?:/|%2f)overlay(?:/|%2f)+)(?!(?:ws|key)(?:[/?#]|$))[^/?#]+", re.I)
 # Anything shaped like a JWT (header.payload.signature, base64url), wherever it appears in a log line.
 _JWT: Final = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 
+
+CLIENT_CLOSED: Final = 499  # logged status of a request whose client went away first
 
 # Loggers that would print secrets: aiohttp's access log writes raw paths (/ws/<token>, ?token=), and
 # aiosqlite at DEBUG prints SQL parameters (password hashes). Our own redacted access line replaces the first.
@@ -38,9 +43,9 @@ def setup_logging(level: str = "INFO") -> None:
 
 
 def redact(path_qs: str) -> str:
-    """A request target fit for the log: /ws/<token> segments and secret query values become ***."""
+    """A request target fit for the log: /ws/<token>, /overlay/<key> segments and secret query values become ***."""
     path, sep, query = path_qs.partition("?")
-    path = _WS_SEGMENT.sub(r"\1***", path)
+    path = _OVERLAY_SEGMENT.sub(r"\1***", _WS_SEGMENT.sub(r"\1***", path))
     if sep:
         parts = _QUERY_SPLIT.split(query)
         for i in range(0, len(parts), 2):  # odd items are the separators themselves
@@ -79,6 +84,11 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
         response = await handler(request)
         status = response.status
         return response
+    except asyncio.CancelledError:
+        # The client went away and aiohttp cancelled the handler (every WebSocket ends this way when the peer
+        # closes): not a server error. 499 as nginx logs it.
+        status = CLIENT_CLOSED
+        raise
     finally:
         elapsed = time.perf_counter() - started
         request.app[keys.METRICS].request_done(request, status, elapsed)

@@ -9,6 +9,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from .logsetup import CLIENT_CLOSED
 from .pipeline.bus import FrameTiming
 
 # Seconds. Our own part of an event's way (read → written) is ~0.1–2 ms; TikTok's part adds network time and
@@ -60,7 +61,8 @@ class Metrics:
         self._slow.labels(kind).inc()
 
     def request_done(self, request: web.Request, status: int, seconds: float) -> None:
-        if status == 101:  # a WebSocket's "duration" is its whole life: not a request time
+        # A WebSocket's "duration" is its whole life, not a request time; only refusals before the upgrade count.
+        if status == 101 or (status == CLIENT_CLOSED and request.headers.get("Upgrade", "").lower() == "websocket"):
             return
         resource = request.match_info.route.resource
         # The route's pattern, never the raw path: unknown paths must not grow one series each.
