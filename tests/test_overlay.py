@@ -47,6 +47,7 @@ async def streamer(client):
     return token
 
 
+@pytest.mark.both_backends  # the key store's SQL (an upsert) must hold on PostgreSQL too
 async def test_the_key_is_issued_rotated_and_only_its_hash_is_stored(client, streamer) -> None:
     first = await overlay_key(client, streamer)
     second = await overlay_key(client, streamer)
@@ -161,3 +162,19 @@ async def test_the_overlay_key_never_reaches_the_log(client, streamer, caplog) -
             break
         await asyncio.sleep(0.01)
     assert key not in text and "/overlay/***" in text and "key=***" in text
+
+
+async def test_a_licence_revoked_or_an_account_removed_reaches_open_overlays(make_client) -> None:
+    client = await make_client(auth={"revocation_check_seconds": 0.05, "bcrypt_rounds": 4})
+    app = client.server.app
+    user_id, token = await make_user(app)
+    ws = await client.ws_connect(f"/v2/overlay/ws?key={await overlay_key(client, token)}")
+    await app[keys.DB].execute("UPDATE users SET token_version = token_version + 1 WHERE id = ?", (user_id,))
+    await app[keys.DB].execute("UPDATE licenses SET status = 'revoked' WHERE user_id = ?", (user_id,))
+    # A password change alone leaves the overlay open; the licence ends it, with the frame first.
+    frame = await recv_type(ws, "error")
+    assert frame["code"] == "license_expired" and (await closed(ws)).data == 4003
+    _, other = await make_user(app, "other")
+    ws = await client.ws_connect(f"/v2/overlay/ws?key={await overlay_key(client, other)}")
+    await app[keys.DB].execute("DELETE FROM users WHERE username = 'other'")
+    assert (await closed(ws)).data == 4002

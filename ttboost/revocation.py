@@ -58,14 +58,16 @@ class RevocationWatch:
 
     async def check(self, user_id: int | None = None) -> None:
         """Checks the open sockets (of one user, e.g. right after a password change in this process)."""
-        conns = [c for c in self._sockets.connections() if user_id is None or c.user.id == user_id]
+        conns = [c for c in (*self._sockets.connections(), *self._sockets.overlays())
+                 if user_id is None or c.user.id == user_id]
         if not conns:
             return
         standing = await users_in_good_standing(self._db, {c.user.id for c in conns})
         unlicensed: set[int] = set()
         for conn in conns:
             state = standing.get(conn.user.id)
-            if state is None or state[0] != conn.user.token_version:
+            # An overlay's credential is its key, which a password change leaves alone; a removed account ends it.
+            if state is None or (conn.kind == "app" and state[0] != conn.user.token_version):
                 _LOGGER.info("ws user=%s: token revoked (password changed or account removed), closing",
                              conn.user.id)
                 conn.close(CLOSE_TOKEN_REVOKED, "token_revoked")

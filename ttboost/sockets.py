@@ -179,6 +179,9 @@ class SocketRegistry:
             if not conns:
                 del self._overlays[conn.user.id]
 
+    def overlays(self) -> list[Connection]:
+        return [c for conns in self._overlays.values() for c in conns]
+
     def close_overlays(self, user_id: int, code: int, reason: str) -> None:
         """Closes every overlay socket of user_id now (its key was rotated or revoked)."""
         for conn in list(self._overlays.get(user_id, ())):
@@ -203,7 +206,7 @@ class SocketRegistry:
         return self._by_user.get(user_id)
 
     async def close_all(self) -> None:
-        conns = [*self._all, *(c for conns in self._overlays.values() for c in conns)]
+        conns = [*self._all, *self.overlays()]
         for conn in conns:
             conn.close(WSCloseCode.GOING_AWAY, "server shutdown")
         await asyncio.gather(*(conn.release() for conn in conns), return_exceptions=True)

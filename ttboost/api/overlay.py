@@ -18,13 +18,14 @@ from ..overlay import store
 from ..overlay.page import ALERT_TYPES, DEFAULT_EVENTS, HOLD_RANGE
 from ..sockets import Connection
 from ..users import get_user
-from ..ws import CLOSE_LICENSE, CLOSE_TIMEOUT, MAX_CLIENT_MESSAGE
+from ..revocation import CLOSE_TOKEN_REVOKED, close_for_license
+from ..ws import CLOSE_TIMEOUT, MAX_CLIENT_MESSAGE
 from .common import authenticate
 from .responses import OkSchema
 
 _LOGGER = logging.getLogger(__name__)
 
-CLOSE_KEY_REVOKED: Final = 4002  # the overlay key was rotated or revoked: the page stops (spec §6's revocation code)
+CLOSE_KEY_REVOKED: Final = CLOSE_TOKEN_REVOKED  # the key was rotated or revoked: the page stops for good
 
 routes = web.RouteTableDef()
 
@@ -128,8 +129,7 @@ async def overlay_ws(request: web.Request) -> web.StreamResponse:
         if await store.owner(db, key) != user.id:  # rotated while this socket was opening: it missed the close
             conn.close(CLOSE_KEY_REVOKED, "key_revoked")
         elif not active:
-            conn.send_local("error", code="license_expired", message=text("license_expired", language))
-            conn.close_after_flush(CLOSE_LICENSE, "license_expired")
+            close_for_license(conn)
         else:
             bus.attach_overlay(user.id, conn)
         async for msg in ws:

@@ -122,10 +122,11 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         )""",
         "INSERT INTO seq_blocks (user_id, reserved) SELECT user_id, MAX(seq) FROM events GROUP BY user_id",
     ),
-    (  # 4: OBS overlay keys (spec §9); only a hash is kept, so a database leak does not open anyone's overlay
+    (  # 4: OBS overlay keys (spec §9), one per user; only the key's SHA-256 (hex) is kept, so a database leak
+       # opens nobody's overlay
         """CREATE TABLE overlay_keys (
-            user_id INTEGER PRIMARY KEY REFERENCES users(id) ON DELETE CASCADE,  -- one key per user
-            key_hash TEXT NOT NULL UNIQUE,  -- SHA-256 hex of the key
+            user_id INTEGER PRIMARY KEY REFERENCES users(id) ON DELETE CASCADE,
+            key_hash TEXT NOT NULL UNIQUE,
             created_at TEXT NOT NULL
         )""",
     ),
