@@ -163,3 +163,33 @@ async def test_past_the_bound_the_oldest_rows_are_dropped_counted_and_logged_onc
     await bus.close()
     rows = await db.fetchall("SELECT seq FROM events ORDER BY id")
     assert [r["seq"] for r in rows] == list(range(151, 251))
+
+
+class Sink:
+    def deliver(self, frame: str, timing=None) -> None:
+        pass
+
+
+async def test_a_channel_is_released_only_once_nothing_uses_it_for_a_whole_window(db) -> None:
+    clock = Clock(100.0)
+    bus = EventBus(db, replay_events=10, replay_seconds=60, clock=clock)
+    await bus.channel(1)
+    seq = bus.publish(1, "chat", {"message": "last"})
+    overlay, app = Sink(), Sink()
+    bus.attach_overlay(1, overlay)
+    bus.attach(1, app)
+    clock.now += 61
+    assert not bus.forget(1)  # the app's socket reads it
+    bus.detach(1, app)
+    clock.now += 61
+    assert not bus.forget(1)  # an overlay page reads it
+    bus.detach_overlay(1, overlay)
+    clock.now += 30
+    await bus.channel(1)  # a caller is about to use it: a whole window again from here
+    clock.now += 59
+    assert not bus.forget(1) and bus.replay(1, 0) == []  # (the frame itself is past the window: trimmed)
+    clock.now += 1
+    assert bus.forget(1) and bus.get(1) is None
+    await bus.channel(1)  # made again on demand: seq goes on, never back
+    assert bus.publish(1, "chat", {"message": "again"}) > seq
+    await bus.close()

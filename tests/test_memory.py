@@ -157,3 +157,7 @@ async def test_buffers_are_trimmed_by_time_while_nothing_is_published(client, cl
     assert app[keys.JANITOR].sweep() == 0  # the socket keeps the user
     assert app[keys.BUS].get(user_id) is channel and len(channel.buffer) == 0  # but not 500 stale frames
     await ws.close()
+    await closed(app)
+    clock.now += WINDOW + 1
+    app[keys.JANITOR].keep_while(lambda uid: uid == user_id)  # as a running rehearsal does
+    assert app[keys.JANITOR].sweep() == 0 and app[keys.BUS].get(user_id) is channel
