@@ -37,7 +37,12 @@ class SlowTeardownSource:
 
 
 @pytest.fixture
-async def manager() -> AsyncIterator[tuple[LiveManager, SlowTeardownSource]]:
+def tiktok_config() -> TikTokConfig:
+    return TikTokConfig()
+
+
+@pytest.fixture
+async def manager(tiktok_config) -> AsyncIterator[tuple[LiveManager, SlowTeardownSource]]:
     db = Database(":memory:")
     await db.open()
     for name in ("one", "two"):
@@ -48,7 +53,8 @@ async def manager() -> AsyncIterator[tuple[LiveManager, SlowTeardownSource]]:
     async def licensed(_user_id: int) -> bool:
         return True
 
-    live = LiveManager(source, Dispatcher(bus, None), db, TikTokConfig(), license_active=licensed)
+    live = LiveManager(source, Dispatcher(bus, None), db, tiktok_config, license_active=licensed)
+    await live.start_reaper()
     yield live, source
     source.release.set()
     await live.close()
@@ -95,3 +101,21 @@ async def test_the_same_users_start_waits_for_its_own_stop(manager) -> None:
     session = await restarting
     await stopping
     assert session.running and live.session(1) is session
+
+
+@pytest.mark.parametrize("tiktok_config", [TikTokConfig(idle_stop_minutes=0.002)])  # reaps every 0.05 s
+async def test_idle_stops_of_two_users_tear_down_side_by_side(manager) -> None:
+    live, source = manager
+    for user_id, name in ((1, "one"), (2, "two")):
+        await live.start(user_id, name)
+        live.app_connected(user_id)
+        live.app_disconnected(user_id)  # no app any more: both watches are stopped after the idle time
+    async with asyncio.timeout(5):
+        while source.tearing_down != {"one", "two"}:  # the second stop did not queue behind the first
+            await asyncio.sleep(0.01)
+    assert source.torn_down == set()
+    source.release.set()
+    async with asyncio.timeout(5):
+        while source.torn_down != {"one", "two"}:
+            await asyncio.sleep(0.01)
+    assert live.active_count() == 0

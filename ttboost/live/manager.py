@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable, Coroutine
 
 from ..config import TikTokConfig
 from ..db import Database
@@ -67,6 +67,7 @@ class LiveManager:
         self._locks = _UserLocks()  # start/stop/switch of one user's session never interleave
         self._closed = False
         self._reaper: asyncio.Task[None] | None = None
+        self._reaping: dict[tuple[str, int], asyncio.Task[None]] = {}  # (work, user id) -> its task under way
 
     async def start_reaper(self) -> None:
         await close_dangling(self._db)
@@ -76,6 +77,7 @@ class LiveManager:
         if self._reaper is not None:
             self._reaper.cancel()
             await asyncio.gather(self._reaper, return_exceptions=True)
+        await asyncio.gather(*self._reaping.values(), return_exceptions=True)  # each ends by itself
         self._closed = True  # a start still waiting for its user's lock finds this and gives up
         sessions, self._sessions = list(self._sessions.values()), {}
         await asyncio.gather(*(s.stop() for s in sessions), return_exceptions=True)
@@ -145,14 +147,17 @@ class LiveManager:
 
     async def _stop_unlicensed(self) -> None:
         for user_id in [uid for uid, s in self._sessions.items() if s.running]:
-            try:
-                if await self._license_active(user_id):
-                    continue
-                _LOGGER.info("live user=%s: license no longer active, stopping the watch", user_id)
-                await self.stop(user_id)
-                self._dispatcher.error(user_id, "license_expired")
-            except Exception:
-                _LOGGER.exception("license check of user %s failed", user_id)
+            self._spawn(user_id, self._stop_if_unlicensed, "live-license-check")
+
+    async def _stop_if_unlicensed(self, user_id: int) -> None:
+        try:
+            if await self._license_active(user_id):
+                return
+            _LOGGER.info("live user=%s: license no longer active, stopping the watch", user_id)
+            await self.stop(user_id)
+            self._dispatcher.error(user_id, "license_expired")
+        except Exception:
+            _LOGGER.exception("license check of user %s failed", user_id)
 
     def app_connected(self, user_id: int) -> None:
         self._apps[user_id] = self._apps.get(user_id, 0) + 1
@@ -174,13 +179,26 @@ class LiveManager:
             await asyncio.sleep(interval)
             await self._stop_unlicensed()
             now = self._clock()
+            idle: list[int] = []
             for user_id, left in list(self._left_at.items()):
                 if now - left >= self._idle_seconds and user_id in self._sessions:
                     _LOGGER.info("live user=%s: no app for %.0f s, stopping the watch", user_id, now - left)
                     self._left_at.pop(user_id, None)
-                    try:
-                        await self.stop(user_id)
-                    except Exception:
-                        _LOGGER.exception("idle stop of user %s failed", user_id)
+                    idle.append(user_id)
                 elif user_id not in self._sessions:
                     self._left_at.pop(user_id, None)
+            for user_id in idle:  # in tasks: one user's slow teardown (seconds) holds up no other stop, nor the reaper
+                self._spawn(user_id, self._stop_idle, "live-idle-stop")
+
+    async def _stop_idle(self, user_id: int) -> None:
+        try:
+            await self.stop(user_id)
+        except Exception:
+            _LOGGER.exception("idle stop of user %s failed", user_id)
+
+    def _spawn(self, user_id: int, work: Callable[[int], Coroutine[Any, Any, None]], name: str) -> None:
+        """Runs the reaper's work for one user in its own task; the same work is not started twice at once."""
+        key = (name, user_id)
+        if key not in self._reaping:
+            task = self._reaping[key] = asyncio.create_task(work(user_id), name=f"{name}-{user_id}")
+            task.add_done_callback(lambda _t: self._reaping.pop(key, None))
