@@ -43,6 +43,7 @@ def test_env_overrides_and_lists() -> None:
     ({"TTBOOST_SERVER_PORT": "eighty"}, "server.port"),
     ({"TTBOOST_TTS_ENGINE": "festival"}, "tts.engine"),
     ({"TTBOOST_LIMITS_AUTH_PER_MINUTE": "-1"}, "limits.auth_per_minute"),
+    ({"TTBOOST_LIMITS_WS_READ_TIMEOUT_SECONDS": "0"}, "limits.ws_read_timeout_seconds"),
     ({"TTBOOST_AUTH_JWT_SECRET": "short"}, "auth.jwt_secret"),
     ({"WEB_ALLOWED_PLANS": "no_such_plan"}, "web_allowed_plans"),
 ])

@@ -45,11 +45,11 @@ async def test_replay_is_bounded_by_count_and_age(db) -> None:
     await bus.channel(1)
     for i in range(5):
         bus.publish(1, "chat", {"message": str(i)})
-    assert [json.loads(f)["message"] for f in bus.replay(1, 0)] == ["2", "3", "4"]
-    assert [json.loads(f)["message"] for f in bus.replay(1, 4)] == ["4"]
+    assert [(seq, json.loads(f)["message"]) for seq, f in bus.replay(1, 0)] == [(3, "2"), (4, "3"), (5, "4")]
+    assert [json.loads(f)["message"] for _, f in bus.replay(1, 4)] == ["4"]
     clock.now += 11
     bus.publish(1, "chat", {"message": "new"})
-    assert [json.loads(f)["message"] for f in bus.replay(1, 0)] == ["new"]
+    assert [json.loads(f)["message"] for _, f in bus.replay(1, 0)] == ["new"]
     await bus.close()
 
 

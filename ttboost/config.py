@@ -98,6 +98,7 @@ class LimitsConfig:
     replay_seconds: float = 600.0
     ws_send_queue: int = 256  # frames buffered per socket before the client counts as too slow
     ws_heartbeat_seconds: float = 30.0
+    ws_read_timeout_seconds: float = 5.0  # a client that takes no frame for this long is too slow (1008)
     demo_min_seconds: float = 3.0
     demo_max_seconds: float = 8.0
 
@@ -352,6 +353,8 @@ def load_config(path: str | os.PathLike[str] | None = "config.toml",
         raise ConfigError("config: auth.jwt_secret must be at least 32 characters (or empty to generate one)")
     if config.auth.revocation_check_seconds <= 0:
         raise ConfigError("config: auth.revocation_check_seconds must be above 0")
+    if config.limits.ws_read_timeout_seconds <= 0:
+        raise ConfigError("config: limits.ws_read_timeout_seconds must be above 0")
     if not 4 <= config.auth.bcrypt_rounds <= 16:
         raise ConfigError("config: auth.bcrypt_rounds must be between 4 and 16")
     if bool(config.server.tls_cert) != bool(config.server.tls_key):

@@ -1,11 +1,12 @@
-"""Open app sockets: one per user, each with a writer task draining a bounded queue; slow clients are dropped."""
+"""Open app sockets: one per user, each with a writer task draining a bounded queue and pulling replays at the
+client's pace; clients that stop reading are dropped."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from aiohttp import WSCloseCode, web
 
@@ -16,7 +17,37 @@ from .users import User
 _LOGGER = logging.getLogger(__name__)
 
 CLOSE_REPLACED: Final = 4001  # a newer connection of the same user took over
-REPLY_DRAIN_SECONDS: Final = 5.0  # seconds the reader waits for its replies to drain before "too slow"
+READ_TIMEOUT_SECONDS: Final = 5.0  # a client that takes no frame for this long is "too slow" (1008)
+
+
+class ReplaySource(Protocol):
+    """Where a replay is pulled from (the bus): buffered frames after a seq, then the live stream."""
+
+    def replay(self, user_id: int, since: int) -> list[tuple[int, str]]: ...
+
+    def attach(self, user_id: int, subscriber: Any) -> None: ...
+
+    def detach(self, user_id: int, subscriber: Any) -> None: ...
+
+
+class _Local:
+    """A reply for this socket only (pong, bad_request): no seq, so a replay never carries it; kept when a
+    resume drops the live frames already queued."""
+
+    __slots__ = ("frame",)
+
+    def __init__(self, frame: str) -> None:
+        self.frame = frame
+
+
+class _Replay:
+    """Marks where in the queue a replay starts: the writer then pulls frames after `since` at the client's
+    pace (a status frame `first` before them, if given) until it has caught up, then attaches to the stream."""
+
+    __slots__ = ("source", "since", "first")
+
+    def __init__(self, source: ReplaySource, since: int, first: str | None) -> None:
+        self.source, self.since, self.first = source, since, first
 
 
 class _Timed:
@@ -44,7 +75,8 @@ class Connection:
     """
 
     def __init__(self, ws: web.WebSocketResponse, user: User, queue_size: int, language: str, *,
-                 kind: str = "app", timing: bool = False, metrics: Metrics | None = None) -> None:
+                 kind: str = "app", timing: bool = False, metrics: Metrics | None = None,
+                 read_timeout: float = READ_TIMEOUT_SECONDS) -> None:
         self.ws = ws
         self.user = user
         self.language = language
@@ -52,8 +84,12 @@ class Connection:
         self._timing = timing
         self._metrics = metrics
         # +1: room for the close marker of a graceful close even when the frames filled the queue
-        self._queue: asyncio.Queue[str | _Timed | tuple[int, str]] = asyncio.Queue(maxsize=queue_size + 1)
+        self._queue: asyncio.Queue[str | _Timed | _Local | _Replay | tuple[int, str]] = asyncio.Queue(
+            maxsize=queue_size + 1)
         self._queue_size = queue_size
+        self._read_timeout = read_timeout
+        self._replays_queued = 0
+        self._last_sent = time.monotonic()  # when the client last took a frame (progress, not a full queue)
         self._writer = asyncio.create_task(self._write(), name=f"ws-writer-{user.id}")
         self._closer: asyncio.Task[None] | None = None
         self._closing_after_flush = False
@@ -66,13 +102,33 @@ class Connection:
         return self._closer is not None or self._closing_after_flush
 
     def deliver(self, frame: str, timing: FrameTiming | None = None) -> None:
+        self._put(frame if timing is None else _Timed(frame, timing))
+
+    def _put(self, item: str | _Timed | _Local | _Replay) -> bool:
         if self.closing:
-            return
+            return False
         if self._queue.qsize() >= self._queue_size:
             _LOGGER.warning("ws user=%s: send queue full, closing a too slow %s client", self.user.id, self.kind)
             self._too_slow()
-            return
-        self._queue.put_nowait(frame if timing is None else _Timed(frame, timing))
+            return False
+        self._queue.put_nowait(item)
+        return True
+
+    def replay(self, source: ReplaySource, since: int, first: str | None = None) -> None:
+        """Sends the buffered frames after `since` (after `first`, if given), then the live stream. The writer
+        pulls them at the pace the client reads, so no replay, however long, fills the queue; the socket is
+        detached from the stream until the replay has caught up. Live frames already queued are dropped: the
+        replay carries them again, in order."""
+        source.detach(self.user.id, self)
+        kept = []
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if isinstance(item, (_Local, _Replay, tuple)):
+                kept.append(item)
+        for item in kept:
+            self._queue.put_nowait(item)
+        if self._put(_Replay(source, since, first)):
+            self._replays_queued += 1
 
     def _too_slow(self) -> None:
         if self._metrics is not None and self._closer is None:
@@ -81,7 +137,7 @@ class Connection:
 
     def send_local(self, type_: str, **fields: Any) -> None:
         """A reply to this client only (pong, bad_request): no seq, never replayed."""
-        self.deliver(encode({"type": type_, "ts": frame_ts(time.time()), **fields}))
+        self._put(_Local(encode({"type": type_, "ts": frame_ts(time.time()), **fields})))
 
     def close_after_flush(self, code: int, reason: str) -> None:
         """Closes once the frames already queued are sent (e.g. the license_expired error before 4003)."""
@@ -107,9 +163,16 @@ class Connection:
                 if isinstance(item, tuple):
                     self._closer = asyncio.create_task(self._close(*item), name=f"ws-close-{self.user.id}")
                     return
+                if isinstance(item, _Replay):
+                    self._replays_queued -= 1
+                    await self._pull(item)
+                    continue
                 if isinstance(item, _Timed):
                     item = self._written(item)
+                elif isinstance(item, _Local):
+                    item = item.frame
                 await self.ws.send_str(item)
+                self._last_sent = time.monotonic()
                 if self._queue.qsize() <= self._queue_size // 4:
                     self._drained.set()
         except asyncio.CancelledError:
@@ -119,6 +182,32 @@ class Connection:
             self.close(WSCloseCode.GOING_AWAY, "send failed")
         finally:
             self._drained.set()
+
+    async def _pull(self, replay: _Replay) -> None:
+        """Sends a replay frame by frame, each as soon as the client has taken the one before; frames
+        published meanwhile are in the buffer too, so it goes on until nothing is left, then attaches (with
+        no await in between, so no frame falls between the replay and the stream)."""
+        cursor = replay.since
+        pending = [(cursor, replay.first)] if replay.first is not None else []
+        while True:
+            for seq, frame in pending:
+                if self._replays_queued:
+                    return  # a resume asked for another start: that replay follows, and it attaches
+                try:
+                    async with asyncio.timeout(self._read_timeout):
+                        await self.ws.send_str(frame)
+                except TimeoutError:
+                    _LOGGER.warning("ws user=%s: no frame of a replay taken for %.0f s, closing a too slow client",
+                                    self.user.id, self._read_timeout)
+                    self._too_slow()
+                    return
+                self._last_sent = time.monotonic()
+                cursor = max(cursor, seq)
+            pending = replay.source.replay(self.user.id, cursor)
+            if not pending:
+                break
+        if not self._replays_queued:
+            replay.source.attach(self.user.id, self)
 
     def _written(self, item: _Timed) -> str:
         """The text of a LIVE event frame about to be written, timed now (spec §6 sent_ms, §10 latencies)."""
@@ -131,17 +220,22 @@ class Connection:
         """The reader calls this after each client message. Its replies go through the same bounded queue as
         the events, and a burst of messages that arrived in one read is handled without the writer getting a
         turn; so once half the queue is taken, the reader stops reading (TCP holds the client's next messages)
-        until the writer has sent it down to a quarter. Only a client that does not read its replies for
-        REPLY_DRAIN_SECONDS is too slow."""
+        until the writer has sent it down to a quarter. Only a client that takes no frame at all for the read
+        timeout is too slow: one that is still taking a long replay ahead of its replies is not."""
         if self._closer is not None or self._queue.qsize() < self._queue_size // 2:
             return
         self._drained.clear()
-        try:
-            await asyncio.wait_for(self._drained.wait(), REPLY_DRAIN_SECONDS)
-        except TimeoutError:
-            _LOGGER.warning("ws user=%s: replies not read for %.0f s, closing a too slow client", self.user.id,
-                            REPLY_DRAIN_SECONDS)
-            self._too_slow()
+        waiting_since = time.monotonic()
+        while not self._drained.is_set():
+            idle_until = max(self._last_sent, waiting_since) + self._read_timeout
+            try:
+                await asyncio.wait_for(self._drained.wait(), max(idle_until - time.monotonic(), 0.0))
+            except TimeoutError:
+                if time.monotonic() >= max(self._last_sent, waiting_since) + self._read_timeout:
+                    _LOGGER.warning("ws user=%s: no frame taken for %.0f s, closing a too slow client",
+                                    self.user.id, self._read_timeout)
+                    self._too_slow()
+                    return
 
     async def release(self) -> None:
         """Cancels and awaits everything this connection started."""

@@ -108,7 +108,8 @@ async def _serve(request: web.Request, user: User, *, demo: bool, since: int | N
     await ws.prepare(request)
     language = pick_language(request.headers.get("Accept-Language"), config.server.language)
     channel.language = language
-    conn = Connection(ws, user, config.limits.ws_send_queue, language, timing=timing, metrics=app[keys.METRICS])
+    conn = Connection(ws, user, config.limits.ws_send_queue, language, timing=timing, metrics=app[keys.METRICS],
+                      read_timeout=config.limits.ws_read_timeout_seconds)
     registry.add(conn)
     live.app_connected(user.id)
     try:
@@ -135,11 +136,11 @@ async def _serve(request: web.Request, user: User, *, demo: bool, since: int | N
 
 
 async def _start_stream(app: web.Application, conn: Connection, *, since: int, demo: bool) -> None:
-    """Replays what the app missed, attaches it to the live stream, then starts the LIVE watch or the demo."""
+    """Replays what the app missed (the socket joins the live stream once the replay has caught up), then
+    starts the LIVE watch or the demo."""
     user_id = conn.user.id
     bus = app[keys.BUS]
     _replay(app, conn, since)
-    bus.attach(user_id, conn)
     started = not demo and await auto_connect(app, user_id)
     if not started and bus.get(user_id).state is None:  # type: ignore[union-attr]
         await _report_idle(app, user_id)  # every socket learns a state first, demo ones too
@@ -174,14 +175,13 @@ def _replay(app: web.Application, conn: Connection, since: int) -> None:
     bus = app[keys.BUS]
     channel = bus.get(conn.user.id)
     assert channel is not None
-    frames = bus.replay(conn.user.id, since)  # trims the buffer first
-    oldest = channel.buffer[0][0] if channel.buffer else channel.seq + 1
+    oldest = bus.oldest(conn.user.id)
     # The current state always reaches a new socket, once, with its original seq, before newer frames: when
     # the replay does not carry it (already seen, or trimmed out of the buffer).
+    first = None
     if channel.last_status is not None and (channel.last_status[0] <= since or channel.last_status[0] < oldest):
-        conn.deliver(channel.last_status[1])
-    for frame in frames:
-        conn.deliver(frame)
+        first = channel.last_status[1]
+    conn.replay(bus, since, first)
 
 
 async def _handle(app: web.Application, conn: Connection, data: str) -> None:
@@ -202,8 +202,7 @@ async def _handle(app: web.Application, conn: Connection, data: str) -> None:
         if since is None:
             conn.send_local("error", code="bad_request", message=text("bad_request", language))
         else:
-            for frame in app[keys.BUS].replay(user_id, since):
-                conn.deliver(frame)
+            conn.replay(app[keys.BUS], since)
     elif action == "connect_tiktok":
         await _connect_tiktok(app, conn, message.get("username"))
     elif action == "disconnect_tiktok":

@@ -232,17 +232,25 @@ class EventBus:
         finally:
             channel.renewing = None
 
-    def replay(self, user_id: int, since: int) -> list[str]:
-        """Buffered frames with seq > since, in order (what the app missed while away)."""
+    def replay(self, user_id: int, since: int) -> list[tuple[int, str]]:
+        """Buffered (seq, frame) with seq > since, in order (what the app missed while away)."""
         channel = self._channels.get(user_id)
         if channel is None:
             return []
         self._trim(channel, self._clock())
-        return [frame for seq, _, frame in channel.buffer if seq > since]
+        return [(seq, frame) for seq, _, frame in channel.buffer if seq > since]
+
+    def oldest(self, user_id: int) -> int:
+        """The oldest seq still in the replay buffer (trimmed by age first); seq + 1 when it is empty."""
+        channel = self._channels[user_id]
+        self._trim(channel, self._clock())
+        return channel.buffer[0][0] if channel.buffer else channel.seq + 1
 
     def attach(self, user_id: int, subscriber: Subscriber) -> None:
-        channel = self._channels[user_id]
-        channel.subscriber, channel.touched = subscriber, self._clock()
+        """From now on the subscriber gets the user's frames as they are published."""
+        channel = self._channels.get(user_id)
+        if channel is not None:
+            channel.subscriber, channel.touched = subscriber, self._clock()
 
     def detach(self, user_id: int, subscriber: Subscriber) -> None:
         channel = self._channels.get(user_id)
