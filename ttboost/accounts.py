@@ -184,7 +184,7 @@ async def legacy_login(db: Database, license_key: str, now: datetime | None = No
 
     A bound key logs its user in even after it expired (the user may have renewed with another key, and an
     expired user still logs in to see that); a revoked key never does. An account that has a password never
-    logs in here: the key is printed on receipts and shared with helpers, it must not be a second password.
+    logs in here: a key travels in shop e-mails and receipts, it must not be a second password.
     """
     now = now or utcnow()
     async with db.transaction():
