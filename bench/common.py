@@ -109,8 +109,9 @@ class Server:
     """
 
     def __init__(self, env: Mapping[str, str] | None = None, *, data_dir: Path | None = None,
-                 script: str = "run.py") -> None:
+                 script: str = "run.py", tree: Path | None = None) -> None:
         self._script = script
+        self._tree = tree or server_tree()
         self._tmp = tempfile.TemporaryDirectory(prefix="ttboost-bench-") if data_dir is None else None
         self.data_dir = Path(self._tmp.name) if self._tmp is not None else data_dir
         assert self.data_dir is not None
@@ -147,7 +148,7 @@ class Server:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         self.spawned_at = time.perf_counter()
-        self.proc = subprocess.Popen([sys.executable, self._script], cwd=server_tree(), env=self.env, stdout=log,
+        self.proc = subprocess.Popen([sys.executable, self._script], cwd=self._tree, env=self.env, stdout=log,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         log.close()
 

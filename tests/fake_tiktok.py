@@ -69,6 +69,7 @@ class FakeTikTok:
         self.connections = 0  # push sockets accepted
         self.client_frames: list[str] = []  # payload_type of every frame the client sent
         self.close_codes: list[int | None] = []  # close code of every finished push socket
+        self.room_sockets: dict[int, web.WebSocketResponse] = {}  # the open push socket of each room (load tests)
         self.create_times: dict[int, int] = {}  # msg_id -> common.create_time (Unix ms) of each message sent
 
     async def __aenter__(self) -> FakeTikTok:
@@ -246,6 +247,8 @@ class FakeTikTok:
         await ws.prepare(request)
         self.connections += 1
         self._ws, self._ws_room = ws, int(request.query.get("room_id", "0"))
+        room = self._ws_room
+        self.room_sockets[room] = ws
         self._sockets.add(ws)
         self._entered.clear()
         self._closed.clear()
@@ -260,6 +263,8 @@ class FakeTikTok:
             self._sockets.discard(ws)
             if self._ws is ws:
                 self._ws = None
+            if self.room_sockets.get(room) is ws:
+                del self.room_sockets[room]
             self._closed.set()
         return ws
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
 import sys
@@ -35,6 +36,7 @@ YIELD_EVERY: Final = 32
 _BETTERPROTO2_WITH_SLOW_VALIDATE: Final = "0.9.1"  # see _reuse_validators
 
 
+@functools.cache  # one per process: the classes, the decoder and the TLS context are shared by every session
 def _import_library() -> SimpleNamespace:
     """The TikTokLive names the adapter uses (imported here, never at module load: it costs ~3 s)."""
     import httpx
@@ -52,6 +54,9 @@ def _import_library() -> SimpleNamespace:
         PushProtocol=_push_protocol_class(WebSocketClientProtocol), ConnectEvent=events.ConnectEvent,
         LiveEndEvent=events.LiveEndEvent, converters=_conversions(events),
         decoder=FrameDecoder(frozenset(events.proto_events.EVENT_MAPPINGS)),
+        # httpx's default (verify=True), made once: each client would otherwise load the CA bundle into a
+        # context of its own, ~0.8 MB per LIVE session.
+        ssl_context=httpx.create_ssl_context(),
     )
 
 
@@ -243,10 +248,13 @@ class TikTokAdapter:
             return protocol
 
         client = lib.TikTokLiveClient(
-            unique_id=unique_id, web_proxy=proxy, ws_proxy=proxy, web_kwargs={"signer_kwargs": signer},
+            unique_id=unique_id, web_proxy=proxy, ws_proxy=proxy,
+            web_kwargs={"signer_kwargs": signer, "httpx_kwargs": {"verify": lib.ssl_context}},
             # ws_kwargs go to websockets' connect(); create_protocol decodes hot frames (PushProtocol) and lets
-            # us see how the socket closed.
-            ws_kwargs={"create_protocol": create_protocol},
+            # us see how the socket closed. No permessage-deflate: TikTok's payloads are gzip already, so it
+            # only costs CPU per frame and ~0.3 MB of zlib state per socket (the JS connector's WebSocket
+            # client never offers it either).
+            ws_kwargs={"create_protocol": create_protocol, "compression": None},
         )
         _route_library_logger()
         return client
