@@ -12,11 +12,20 @@ from tests.fake_live import ScriptedSource
 from tests.fake_tts import FakeEngine
 from tests.helpers import bearer, eventually, make_user
 from tests.test_ws import connected_socket, recv_type
+
 from ttboost import keys
 from ttboost.app import create_app
 from ttboost.live.errors import ConnectionDropped, UserOffline
 from ttboost.pipeline.events import LiveEvent
 from ttboost.streams.export import safe_cell
+
+pytestmark = pytest.mark.both_backends  # stream figures and history on SQLite and PostgreSQL
+
+
+async def _current_id(client: Any, token: str) -> int:
+    """The LIVE's stream row is written just after "connected" is sent: waits for it rather than racing it."""
+    found = await eventually(lambda: _get(client, "/v2/streams/current", token), lambda r: r[0] == 200)
+    return found[1]["id"]
 
 
 @pytest.fixture
@@ -92,7 +101,7 @@ async def test_query_values_at_their_edges(make_client) -> None:
 async def test_simulated_events_stay_out_of_the_live_streams_figures(make_client, source) -> None:
     client = await make_client(live_source=source)
     ws, watch, token = await connected_socket(client, source)
-    stream_id = (await _get(client, "/v2/streams/current", token))[1]["id"]
+    stream_id = await _current_id(client, token)
     watch.emit(LiveEvent("gift", user="Bob", username="bob", gift_id=5655, gift_name="Rose", count=2,
                          diamond_count=1),
                LiveEvent("chat", user="Аня", username="anya", message="hi"))
@@ -108,7 +117,10 @@ async def test_simulated_events_stay_out_of_the_live_streams_figures(make_client
     got = await eventually(detail, lambda d: d["peak_viewers"] == 7)
     assert (got["diamonds"], got["gifts"], got["chats"], got["unique_chatters"]) == (2, 2, 1, 1)
     assert got["top_gifters"] == [{"user": "Bob", "username": "bob", "diamonds": 2, "gifts": 2}]
-    events = (await _get(client, f"/v2/streams/{stream_id}/events", token))[1]["events"]
+    async def events_of() -> list[dict[str, Any]]:  # the event log has its own batches, apart from figures
+        return (await _get(client, f"/v2/streams/{stream_id}/events", token))[1]["events"]
+
+    events = await eventually(events_of, lambda e: len(e) >= 3)
     assert simulated["seq"] not in [e["seq"] for e in events]
     assert [e["type"] for e in events] == ["gift", "chat", "viewer"]  # status frames are not events
     await ws.close()
@@ -119,7 +131,7 @@ async def test_a_stream_cut_by_a_crash_is_closed_at_the_next_start_with_what_was
     config = make_config(tmp_path / "data")
     client = await aiohttp_client(create_app(config, live_source=source, tts_engine=FakeEngine()))
     ws, watch, token = await connected_socket(client, source)
-    stream_id = (await _get(client, "/v2/streams/current", token))[1]["id"]
+    stream_id = await _current_id(client, token)
     watch.emit(LiveEvent("gift", user="Bob", username="bob", gift_id=1, gift_name="GG", count=1, diamond_count=10))
 
     async def detail() -> dict[str, Any]:
@@ -149,7 +161,7 @@ def gift(username: str, diamonds: int) -> LiveEvent:
 async def test_a_drop_in_the_middle_of_a_live_continues_the_same_stream(make_client, source) -> None:
     client = await make_client(live_source=source)
     ws, watch, token = await connected_socket(client, source)
-    stream_id = (await _get(client, "/v2/streams/current", token))[1]["id"]
+    stream_id = await _current_id(client, token)
     watch.emit(gift("bob", 10))
     watch.fail(ConnectionDropped("1011"))
     await recv_type(ws, "status", state="reconnecting")
@@ -173,7 +185,7 @@ async def test_a_drop_in_the_middle_of_a_live_continues_the_same_stream(make_cli
 async def test_a_stream_that_never_comes_back_after_a_drop_ends_at_the_drop(make_client, source) -> None:
     client = await make_client(live_source=source)
     ws, watch, token = await connected_socket(client, source)
-    stream_id = (await _get(client, "/v2/streams/current", token))[1]["id"]
+    stream_id = await _current_id(client, token)
     watch.fail(ConnectionDropped("1011"))
     await recv_type(ws, "status", state="reconnecting")
     (await source.next_watch()).fail(UserOffline("offline"))  # the LIVE ended while we were away
