@@ -9,6 +9,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from tests.fake_tts import FakeEngine
+from tests.nats_server import NatsServer
 from tests.pg_server import PgServer
 from ttboost.app import create_app
 from ttboost.config import Config, load_config
@@ -37,6 +38,14 @@ def pg_server() -> Iterator[PgServer]:
     """One PostgreSQL server for the whole session, started on first use only."""
     server = PgServer()
     yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def nats_url() -> Iterator[str]:
+    """One NATS server (JetStream on) for the whole session, started on first use only."""
+    server = NatsServer()
+    yield server.url
     server.stop()
 
 

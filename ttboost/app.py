@@ -24,7 +24,8 @@ from .api import streams as streams_api
 from .api import triggers as triggers_api
 from .api import tts as tts_api
 from .config import Config
-from .db import make_database
+from .cluster.wiring import cluster_ctx
+from .db import PostgresDatabase, make_database
 from .licenses import has_active_license
 from .live.manager import LiveManager
 from .live.source import LiveSource
@@ -66,12 +67,21 @@ def _limiters(config: Config) -> dict[str, RateLimiter]:
     }
 
 
+async def _server_secret(app: web.Application, name: str) -> str:
+    """data/<name>.secret, made once; on PostgreSQL kept in the database, so that every worker of a cluster
+    signs tokens and names speech alike without a shared disk."""
+    db = app[keys.DB]
+    if isinstance(db, PostgresDatabase):
+        return await db.shared_secret(name)
+    return await asyncio.to_thread(load_or_create_secret, app[keys.CONFIG].data_dir / f"{name}.secret")
+
+
 async def _database_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[keys.CONFIG]
     db = make_database(config.postgres_url, config.database_path)
     await db.open()
     app[keys.DB] = db
-    secret = config.auth.jwt_secret or await asyncio.to_thread(load_or_create_secret, config.data_dir / "jwt.secret")
+    secret = config.auth.jwt_secret or await _server_secret(app, "jwt")
     app[keys.TOKENS] = TokenService(secret, config.auth.token_ttl_hours * 3600)
     # The dummy hash (~250 ms of bcrypt) is made beside start-up, not in its way.
     warm_up = asyncio.create_task(app[keys.PASSWORDS].warm_up(), name="bcrypt-warm-up")
@@ -108,7 +118,7 @@ def _speech_ctx(engine: TTSEngine | None):
         tts_engine = engine or _make_engine(config)
         # Its own secret: cache names must not be guessable from a text, and rotating the JWT secret
         # should not throw the speech cache away.
-        secret = await asyncio.to_thread(load_or_create_secret, config.data_dir / "tts.secret")
+        secret = await _server_secret(app, "tts")
         speech = SpeechService(tts_engine, config.data_dir / "media" / "tts", secret.encode("ascii"),
                                max_bytes=int(config.tts.cache_max_mb * 1024 * 1024),
                                max_concurrency=config.tts.max_concurrency, max_pending=config.tts.max_pending,
@@ -243,6 +253,8 @@ def create_app(config: Config, *, live_source: LiveSource | None = None, tts_eng
     app.cleanup_ctx.append(_media_ctx)
     app.cleanup_ctx.append(_speech_ctx(tts_engine))
     app.cleanup_ctx.append(_rules_ctx)
+    if config.cluster.nats_url:
+        app.cleanup_ctx.append(cluster_ctx)
     app.cleanup_ctx.append(_live_ctx(live_source, reconnect_min_seconds, clock))
     app.cleanup_ctx.append(_rehearsals_ctx(rehearsal_pacer))
     app.cleanup_ctx.append(_revocation_ctx)

@@ -6,6 +6,7 @@ import dataclasses
 import ipaddress
 import os
 import re
+import socket
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -104,6 +105,13 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    nats_url: str = ""  # empty: one process; nats://host:4222: cluster mode on NATS JetStream (SPEC §11)
+    worker_id: str = ""  # empty: <host name>-<pid>
+    lease_seconds: float = 10.0  # a dead worker's LIVE sessions are taken over after this (plus back-off)
+
+
+@dataclass(frozen=True, slots=True)
 class PlanConfig:
     id: str
     name: str
@@ -126,6 +134,7 @@ class Config:
     tts: TTSConfig = field(default_factory=TTSConfig)
     tiktok: TikTokConfig = field(default_factory=TikTokConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     plans: tuple[PlanConfig, ...] = DEFAULT_PLANS
 
     @property
@@ -163,6 +172,11 @@ class Config:
             return "wss://" + base[len("https://"):]
         return "ws://" + base.removeprefix("http://")
 
+    @property
+    def worker_id(self) -> str:
+        """This worker's name in a cluster: configured, or <host name>-<pid>."""
+        return self.cluster.worker_id or f"{socket.gethostname()}-{os.getpid()}"
+
     def plan(self, plan_id: str) -> PlanConfig | None:
         return next((p for p in self.plans if p.id == plan_id), None)
 
@@ -174,7 +188,7 @@ class Config:
 
 _SECTIONS: dict[str, type] = {
     "server": ServerConfig, "storage": StorageConfig, "auth": AuthConfig,
-    "tts": TTSConfig, "tiktok": TikTokConfig, "limits": LimitsConfig,
+    "tts": TTSConfig, "tiktok": TikTokConfig, "limits": LimitsConfig, "cluster": ClusterConfig,
 }
 # The seed's environment names (spec §1), mapped onto section keys.
 _LEGACY_ENV: dict[str, tuple[str, str]] = {
@@ -300,6 +314,19 @@ def _check_urls(config: Config) -> None:
                     from None
 
 
+def _check_cluster(config: Config) -> None:
+    url = config.cluster.nats_url
+    if not url:
+        return
+    if not url.startswith(("nats://", "tls://")):
+        raise ConfigError("config: cluster.nats_url must be empty (one process) or a nats:// URL")
+    if not config.postgres_url:
+        raise ConfigError("config: cluster mode (cluster.nats_url) needs PostgreSQL: every worker must see the same "
+                          "accounts, licences and triggers; set storage.database_url to a postgresql:// URL")
+    if config.cluster.lease_seconds < 1:
+        raise ConfigError("config: cluster.lease_seconds must be at least 1")
+
+
 def load_env_file(path: str | os.PathLike[str] = ".env",
                   environ: typing.MutableMapping[str, str] | None = None) -> list[str]:
     """Sets the variables of a .env file (the seed's deployments configure through one) that the environment
@@ -349,6 +376,7 @@ def load_config(path: str | os.PathLike[str] | None = "config.toml",
             raise ConfigError(f"config: auth.web_allowed_plans names unknown plan {plan_id!r}")
     _check_urls(config)
     _check_database_url(config.storage.database_url)
+    _check_cluster(config)
     if config.auth.jwt_secret and len(config.auth.jwt_secret) < 32:
         raise ConfigError("config: auth.jwt_secret must be at least 32 characters (or empty to generate one)")
     if config.auth.revocation_check_seconds <= 0:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Final
 from aiohttp import web
 
 if TYPE_CHECKING:  # keys only name types; importing them here would tie every module together
+    from .cluster.broker import Broker
     from .config import Config
     from .db import AnyDatabase
     from .janitor import MemoryJanitor
@@ -53,6 +54,7 @@ JANITOR: Final = web.AppKey["MemoryJanitor"]("janitor")
 OPENAPI: Final = web.AppKey["OpenApiDocument"]("openapi")
 METRICS: Final = web.AppKey["Metrics"]("metrics")
 OVERLAY_PAGE: Final = web.AppKey["OverlayPage"]("overlay_page")
+BROKER: Final = web.AppKey["Broker"]("broker")  # cluster mode only (cluster.nats_url set)
 
 # Per-request storage.
 USER_ID: Final = web.RequestKey("user_id", int)  # the authenticated user, for the request log line

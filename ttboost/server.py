@@ -13,6 +13,7 @@ from aiohttp import web
 
 from .app import create_app
 from .config import Config
+from .cluster.broker import BrokerUnavailable
 from .db import DatabaseUnavailable
 from .fileio import make_private_dir
 from .protocol import AcceptErrorLog, HardenedRunner
@@ -21,7 +22,7 @@ _LOGGER = logging.getLogger(__name__)
 
 FD_RESERVE_SHARE: Final = 0.2  # of the open-file limit kept for everything but client connections (db, TikTok…)
 LISTEN_FAILED_EXIT: Final = 3  # exit code when the address cannot be bound (busy port, no permission)
-DATABASE_FAILED_EXIT: Final = 4  # exit code when the configured PostgreSQL cannot be reached at start
+DATABASE_FAILED_EXIT: Final = 4  # exit code when the configured PostgreSQL (or, in a cluster, NATS) is not there
 _LISTEN_ERRORS: Final = {
     errno.EADDRINUSE: "the port is already in use (is another TTBoost running?); stop that program or choose "
                       "another port ([server] port, TTBOOST_SERVER_PORT)",
@@ -52,7 +53,7 @@ def serve(config: Config) -> int:
 
     try:
         _run(create_app(config), config, listening)
-    except DatabaseUnavailable as exc:
+    except (DatabaseUnavailable, BrokerUnavailable) as exc:
         _LOGGER.error("%s", exc)
         return DATABASE_FAILED_EXIT
     except OSError as exc:

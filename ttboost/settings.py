@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Callable, Final, Mapping
+from typing import Any, Awaitable, Callable, Final, Mapping
 
 from marshmallow import ValidationError, fields, post_load, validate, validates
 
@@ -109,6 +109,8 @@ class SettingsStore:
         self._defaults = {**DEFAULTS, "voice_id": default_voice}
         self.voice_known = voice_known
         self._cache: dict[int, dict[str, Any]] = {}  # users with a socket or a watch (janitor.py releases the rest)
+        # Cluster mode: tells the other workers, which then reload their copy (cluster/changes.py).
+        self.on_change: Callable[[int], Awaitable[None]] | None = None
 
     def schema(self) -> SettingsUpdateSchema:
         return SettingsUpdateSchema(voice_known=self.voice_known)
@@ -133,10 +135,19 @@ class SettingsStore:
         # A key-only account may have been given a username since: re-read rather than keep None.
         if cached is not None and cached["tiktok_username"]:
             return dict(cached)
+        return dict(await self._load(user_id))
+
+    async def _load(self, user_id: int) -> dict[str, Any]:
         row = await self._db.fetchone("SELECT username, settings FROM users WHERE id = ?", (user_id,))
         if row is None:
             raise not_found()
-        return dict(self._remember(user_id, row["username"], _parse(row["settings"], user_id)))
+        return self._remember(user_id, row["username"], _parse(row["settings"], user_id))
+
+    async def reload(self, user_id: int) -> None:
+        """Another worker changed the user's settings: a cached copy is read again (the event path keeps
+        reading the old one until the new one replaces it, never nothing)."""
+        if user_id in self._cache:
+            await self._load(user_id)
 
     async def update(self, user_id: int, changes: Mapping[str, Any]) -> dict[str, Any]:
         """Applies validated changes (SettingsUpdateSchema output) and returns the full settings."""
@@ -155,7 +166,10 @@ class SettingsStore:
                     stored[key] = value
             await self._db.execute("UPDATE users SET settings = ? WHERE id = ?",
                                    (json.dumps(stored, ensure_ascii=False), user_id))
-        return dict(self._remember(user_id, row["username"], stored))
+        full = dict(self._remember(user_id, row["username"], stored))
+        if self.on_change is not None:
+            await self.on_change(user_id)
+        return full
 
     def _remember(self, user_id: int, username: str | None, stored: Mapping[str, Any]) -> dict[str, Any]:
         full = {**self._defaults, **{k: v for k, v in stored.items() if k in self._defaults}}

@@ -195,4 +195,6 @@ async def _delete(db: Database, store: MediaStore, triggers: TriggerStore, user_
         if disabled:
             await triggers.refresh(user_id)  # the rules in memory were refreshed inside the rolled-back unit
         raise
+    if disabled:
+        await triggers.announce(user_id)
     return disabled

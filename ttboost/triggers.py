@@ -8,7 +8,7 @@ import json
 import logging
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Mapping
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Final, Mapping
 
 from .errors import ApiError, not_found
 from .pipeline.events import TRIGGER_EVENT_TYPES
@@ -104,6 +104,8 @@ class TriggerStore:
         self._gen = 0
         self._pending: dict[int, int] = {}  # trigger id → fired since the last flush
         self._task: asyncio.Task[None] | None = None
+        # Cluster mode: tells the other workers, which then refresh their copy (cluster/changes.py).
+        self.on_change: Callable[[int], Awaitable[None]] | None = None
 
     def plan_max(self, plan_id: str | None) -> int:
         """max_triggers of a plan id; no (known) plan means no new triggers."""
@@ -133,6 +135,15 @@ class TriggerStore:
         if user_id not in self._refreshing:
             self._rules.pop(user_id, None)
             self._loaded_gen.pop(user_id, None)
+
+    async def announce(self, user_id: int) -> None:
+        """After a committed change: the other workers of a cluster reload the user's rules (no-op alone)."""
+        if self.on_change is not None:
+            await self.on_change(user_id)
+
+    async def _changed(self, user_id: int) -> None:
+        await self.refresh(user_id)
+        await self.announce(user_id)
 
     async def refresh(self, user_id: int) -> None:
         """Reloads the user's rules (also after a caller's transaction that touched triggers rolled back)."""
@@ -200,7 +211,7 @@ class TriggerStore:
                 trigger_id = current.id
                 await self._db.execute(_UPDATE, (*values, trigger_id))
             trigger = await self._get(user_id, trigger_id)
-        await self.refresh(user_id)
+        await self._changed(user_id)
         assert trigger is not None
         trigger.executed_count += self._pending.get(trigger.id, 0)
         return trigger
@@ -209,13 +220,13 @@ class TriggerStore:
         if not await self._db.execute("DELETE FROM triggers WHERE id = ? AND user_id = ?", (trigger_id, user_id)):
             raise not_found()
         self._pending.pop(trigger_id, None)
-        await self.refresh(user_id)
+        await self._changed(user_id)
 
     async def set_enabled(self, user_id: int, trigger_id: int, enabled: bool) -> Trigger:
         if not await self._db.execute("UPDATE triggers SET enabled = ? WHERE id = ? AND user_id = ?",
                                       (int(enabled), trigger_id, user_id)):
             raise not_found()
-        await self.refresh(user_id)
+        await self._changed(user_id)
         trigger = await self._get(user_id, trigger_id)
         if trigger is None:
             raise not_found()
@@ -229,7 +240,8 @@ class TriggerStore:
         return [row["id"] for row in rows]
 
     async def disable_for_sound(self, user_id: int, filename: str) -> list[int]:
-        """Disables every trigger playing filename; one statement, so it may run inside the caller's transaction."""
+        """Disables every trigger playing filename; one statement, so it may run inside the caller's transaction
+        (which announces the change once it committed)."""
         rows = await self._db.fetchall(
             "UPDATE triggers SET enabled = 0 WHERE user_id = ? AND action = 'play_sound'"
             " AND json_extract(action_params, '$.sound_filename') = ? RETURNING id", (user_id, filename))

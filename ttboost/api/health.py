@@ -8,6 +8,7 @@ import time
 from aiohttp import web
 
 from .. import __version__, keys
+from ..cluster.wiring import health_block
 from ..errors import json_response
 from ..openapi import docs
 from .responses import HealthSchema, ServiceSchema
@@ -44,4 +45,7 @@ async def health(request: web.Request) -> web.Response:
         "ws_clients": len(app[keys.SOCKETS]),
         "event_log": app[keys.BUS].log.health(),
     }
+    cluster = await health_block(app)
+    if cluster is not None:
+        body["cluster"] = cluster
     return json_response(body, status=200 if db_state == "ok" else 503)

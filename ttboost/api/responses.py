@@ -61,6 +61,12 @@ class EventLogHealthSchema(Schema):
     dropped = _int("oldest waiting rows dropped since start because the database could not keep up")
 
 
+class ClusterHealthSchema(Schema):
+    worker_id = _str("this worker's name ([cluster] worker_id, default host-pid)")
+    workers = _int("workers alive in the cluster (each renewed its entry within lease_seconds)")
+    sessions_here = _int("LIVE sessions this worker runs")
+
+
 class HealthSchema(Schema):
     """Liveness; `status` is "degraded" (with 503) when the database does not answer."""
 
@@ -71,6 +77,7 @@ class HealthSchema(Schema):
     live_sessions = _int("LIVE watches running")
     ws_clients = _int("open app WebSockets")
     event_log = fields.Nested(EventLogHealthSchema, required=True)
+    cluster = fields.Nested(ClusterHealthSchema, metadata={"description": "cluster mode only"})
 
 
 class ServiceSchema(Schema):

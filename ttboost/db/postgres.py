@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import secrets
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Awaitable, Callable, Final, Hashable, Iterable, Sequence, TypeVar
 from urllib.parse import urlsplit
@@ -19,6 +20,7 @@ _LOGGER = logging.getLogger(__name__)
 T = TypeVar("T")
 
 POOL_MAX: Final = 10  # connections per process; PostgreSQL's default limit is 100 for the whole cluster
+SECRET_BYTES: Final = 48  # as security.load_or_create_secret
 CONNECT_TIMEOUT: Final = 10.0  # seconds for one connection attempt; start-up fails clearly after it
 # Every write unit takes this transaction-scoped advisory lock first: PostgreSQL's stand-in for SQLite's
 # BEGIN IMMEDIATE, so read-then-write units (redeem, issue-web, trigger and sound quotas) stay race-free
@@ -125,6 +127,20 @@ class PostgresDatabase:
         else:
             async with self.pool.acquire() as pooled:
                 yield pooled
+
+    async def shared_secret(self, name: str) -> str:
+        """A generated secret every worker reads alike (no shared disk for data/*.secret), made once.
+
+        Kept beside, not in, the numbered schema: SQLite keeps these as files, and backups leave them out.
+        """
+        async with self.transaction():
+            await self.execute("CREATE TABLE IF NOT EXISTS cluster_secrets "
+                               "(name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            value = await self.fetchval("SELECT value FROM cluster_secrets WHERE name = ?", (name,))
+            if value is None:
+                value = secrets.token_urlsafe(SECRET_BYTES)
+                await self.execute("INSERT INTO cluster_secrets (name, value) VALUES (?, ?)", (name, value))
+        return str(value)
 
     async def cached(self, key: Hashable, load: Callable[[], Awaitable[T]]) -> T:
         """Always `load()`: other workers commit too, and PostgreSQL has no cheap change counter like SQLite's

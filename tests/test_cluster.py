@@ -1,0 +1,111 @@
+"""Cluster mode: two workers (two apps in this process) on one real PostgreSQL and one real NATS server."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from tests.conftest import make_config
+from tests.fake_live import ScriptedSource
+from tests.fake_tts import FakeEngine
+from tests.helpers import bearer
+from tests.test_ws import recv_type, register
+from ttboost.app import create_app
+from ttboost.config import ConfigError, load_config
+from ttboost.pipeline.events import LiveEvent
+
+ROSE = LiveEvent("gift", user="Bob", username="bob", gift_id=5655, gift_name="Rose", count=1, diamond_count=1)
+
+
+@pytest.fixture
+def workers(pg_url: str, nats_url: str, aiohttp_client: Any, tmp_path: Path):
+    """worker(name, live_source=None) → a client of one more worker; each has its own data folder (no shared
+    disk), all share the database and the broker. pg_url first: its database outlives the apps."""
+
+    async def worker(name: str, live_source: Any = None) -> TestClient:
+        config = make_config(tmp_path / name, storage={"database_url": pg_url},
+                             cluster={"nats_url": nats_url, "worker_id": name, "lease_seconds": 3})
+        return await aiohttp_client(create_app(config, live_source=live_source, tts_engine=FakeEngine(),
+                                               reconnect_min_seconds=0.01))
+
+    return worker
+
+
+async def _until(frames_of: Any, ok: Any, tries: int = 40) -> dict[str, Any]:
+    """The first frame (one per try, 50 ms apart) for which ok holds: a change made elsewhere lands async."""
+    frame: dict[str, Any] = {}
+    for _ in range(tries):
+        frame = await frames_of()
+        if ok(frame):
+            return frame
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"never: last frame {frame}")
+
+
+async def test_accounts_triggers_and_settings_work_through_any_worker(workers) -> None:
+    source = ScriptedSource()
+    a = await workers("a", live_source=source)
+    b = await workers("b")
+    user_id, token = await register(a)  # redeemed on a …
+    login = await b.post("/v2/auth/login", json={"username": "streamer", "password": "secret-pw"})
+    assert login.status == 200  # … logs in on b
+    me = await b.get("/v2/auth/me", headers=bearer(token))  # a's token is good on b: one signing secret
+    assert me.status == 200 and (await me.json())["id"] == user_id
+
+    ws = await a.ws_connect(f"/v2/ws?token={token}")  # the app and its LIVE on a
+    watch = await source.next_watch()
+    watch.connect()
+    await recv_type(ws, "status", state="connected")
+    watch.emit(ROSE)
+    assert "tts_url" not in await recv_type(ws, "gift")  # no trigger yet
+
+    resp = await b.post("/v2/triggers/set", headers=bearer(token),  # the trigger is set through b
+                        json={"event_type": "gift", "condition_key": "gift_name", "condition_value": "Rose",
+                              "action": "tts", "action_params": {"text_template": "thanks {user}"}})
+    assert resp.status == 200
+
+    async def next_gift() -> dict[str, Any]:
+        watch.emit(ROSE)
+        return await recv_type(ws, "gift")
+
+    fired = await _until(next_gift, lambda f: "tts_url" in f)  # and fires in a's session
+    assert fired["tts_url"].startswith("http://testserver/static/tts/")
+
+    resp = await b.post("/v2/settings/update", headers=bearer(token), json={"tts_volume": 33})
+    assert resp.status == 200
+
+    async def next_chat() -> dict[str, Any]:
+        watch.emit(LiveEvent("chat", user="Аня", username="anya", message="привет"))
+        return await recv_type(ws, "chat")
+
+    assert (await _until(next_chat, lambda f: f.get("volume") == 33))["volume"] == 33
+    await ws.close()
+
+
+async def test_health_shows_the_cluster(workers) -> None:
+    a = await workers("a")
+    b = await workers("b")
+    for client, name in ((a, "a"), (b, "b")):
+        body = await (await client.get("/health")).json()
+        assert body["cluster"] == {"worker_id": name, "workers": 2, "sessions_here": 0}
+    await b.close()  # a worker that stops leaves the registry at once, not a lease later
+    assert (await (await a.get("/health")).json())["cluster"]["workers"] == 1
+
+
+async def test_one_process_has_no_cluster_block(client) -> None:
+    assert "cluster" not in await (await client.get("/health")).json()
+
+
+@pytest.mark.parametrize(("env", "needle"), [
+    ({"TTBOOST_CLUSTER_NATS_URL": "nats://127.0.0.1:4222"}, "needs PostgreSQL"),
+    ({"TTBOOST_CLUSTER_NATS_URL": "http://nats", "DATABASE_URL": "postgresql://db/tt"}, "nats://"),
+    ({"TTBOOST_CLUSTER_NATS_URL": "nats://n:4222", "DATABASE_URL": "postgresql://db/tt",
+      "TTBOOST_CLUSTER_LEASE_SECONDS": "0.5"}, "lease_seconds"),
+])
+def test_cluster_config_is_checked_at_start(env: dict[str, str], needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        load_config(None, env=env)

@@ -1,0 +1,33 @@
+"""The cluster's part of the application: set up only when cluster.nats_url is set (create_app)."""
+
+from __future__ import annotations
+
+from typing import AsyncIterator
+
+from aiohttp import web
+
+from .. import keys
+from .broker import Broker
+from .changes import ChangeFeed
+
+
+async def cluster_ctx(app: web.Application) -> AsyncIterator[None]:
+    """After the rules (it feeds their caches), before the LIVE sessions."""
+    config = app[keys.CONFIG]
+    broker = Broker(config.cluster.nats_url, config.worker_id, config.cluster.lease_seconds)
+    await broker.open()
+    try:
+        await ChangeFeed(broker, app[keys.TRIGGERS], app[keys.SETTINGS]).start()
+        app[keys.BROKER] = broker
+        yield
+    finally:
+        await broker.close()
+
+
+async def health_block(app: web.Application) -> dict[str, object] | None:
+    """The /health "cluster" block, or None in one process."""
+    broker = app.get(keys.BROKER)
+    if broker is None:
+        return None
+    return {"worker_id": broker.worker_id, "workers": len(await broker.workers()),
+            "sessions_here": app[keys.LIVE].active_count()}
