@@ -24,7 +24,8 @@ class SeqReservations:
         reserved above it). `at_least`: numbers this process holds that may not be stored yet."""
         async with self._db.transaction():
             reserved = await self._db.fetchval("SELECT reserved FROM seq_blocks WHERE user_id = ?", (user_id,))
-            # The log as well: it may hold numbers a restored backup's seq_blocks does not know of.
+            # The log as well: it holds numbers past the reservation if they ran past it while the database
+            # could not store a renewal.
             logged = await self._db.fetchval("SELECT MAX(seq) FROM events WHERE user_id = ?", (user_id,))
             last = max(reserved or 0, logged or 0, at_least)
             top = last + SEQ_BLOCK
