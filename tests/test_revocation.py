@@ -97,3 +97,15 @@ async def test_speech_and_simulate_need_an_active_licence(client, state: str, de
         resp = await client.post(path, json=body, headers=bearer(token))
         assert resp.status == 403, (path, await resp.text())
         assert (await resp.json())["detail"] == detail, path
+
+
+async def test_a_removed_account_closes_its_socket_with_4002(client) -> None:
+    user_id, token = await make_user(client.app)
+    ws = await client.ws_connect(f"/v2/ws?token={token}")
+    assert (await recv(ws))["type"] == "status"
+    db = client.app[keys.DB]
+    async with db.transaction():  # as an operator would remove it: its licences unbound, then the row
+        await db.execute("UPDATE licenses SET user_id = NULL WHERE user_id = ?", (user_id,))
+        await db.execute("DELETE FROM users WHERE id = ?", (user_id,))
+    code, _frames = await closed_with(ws)
+    assert code == 4002
