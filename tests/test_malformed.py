@@ -10,6 +10,7 @@ import re
 import aiohttp
 import pytest
 from aiohttp import web
+from yarl import URL
 
 from tests.fuzzing import envelope_problem
 from tests.helpers import make_user
@@ -71,6 +72,31 @@ async def test_every_route_survives_the_corpus(site: Site, caplog: pytest.LogCap
                         "web_issuing_disabled"
                     if (status >= 500 and not expected_503) or problem or resp.headers.get("Server") != "TTBoost":
                         problems.append(f"{method} {path} {body[:40]!r}: {status} {problem or ''}")
+    assert problems == [], "\n".join(problems)
+    assert clean_log(caplog) == []
+
+
+QUERIES = ["?limit=1e309&before=99999999999999999999999&after_seq=-1&since=NaN&speed=Infinity",
+           "?limit=%00&before=%ff&since=9" + "9" * 5000 + "&force=yes&demo=%00&token=%00&key=%ff",
+           "?" + "&".join(f"p{i}=1" for i in range(2000))]
+
+
+async def test_every_get_survives_malformed_queries(site: Site, caplog: pytest.LogCaptureFixture) -> None:  # noqa: F811
+    caplog.set_level(logging.INFO)
+    _user_id, token = await make_user(site.app)
+    problems = []
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{site.port}") as session:
+        for method, path, _h, _i in documented_routes(site.app):
+            for query in QUERIES:
+                url = URL(f"http://127.0.0.1:{site.port}{fill(path)}{query}", encoded=True)
+                async with session.request(method, url, headers={"Authorization": f"Bearer {token}"}) as resp:
+                    raw = await resp.read()
+                    ctype = resp.headers.get("Content-Type", "")
+                    data = json.loads(raw) if ctype.startswith("application/json") else raw
+                    problem = envelope_problem(resp.status, ctype, data)
+                    if resp.status >= 500 and not (isinstance(data, dict) and data.get("code") ==
+                                                   "web_issuing_disabled") or problem:
+                        problems.append(f"{method} {path}{query[:40]}: {resp.status} {problem or ''}")
     assert problems == [], "\n".join(problems)
     assert clean_log(caplog) == []
 

@@ -36,7 +36,8 @@ class WsQuerySchema(Schema):
     """Query of GET /v2/ws (docs only: the handler reads the three values itself)."""
 
     token = fields.String(metadata={"description": "access token (or send Authorization: Bearer)"})
-    since = fields.Integer(metadata={"description": "replay the buffered events after this seq", "minimum": 0})
+    since = fields.Integer(metadata={"description": "replay the buffered events after this seq", "minimum": 0,
+                                     "maximum": SEQ_MAX})
     demo = fields.String(metadata={"description": "1 or true: random chat/gift events instead of LIVE"})
     timing = fields.String(metadata={"description": "1 or true: event frames carry timing {tiktok_ms, "
                                                     "received_ms, sent_ms} (Unix ms)"})
