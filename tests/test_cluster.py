@@ -9,10 +9,12 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from tests.audio_samples import make_mp3
 from tests.conftest import make_config
 from tests.fake_live import ScriptedSource
 from tests.fake_tts import FakeEngine
 from tests.helpers import bearer
+from tests.test_sounds_api import upload
 from tests.test_ws import recv_type, register
 from ttboost.app import create_app
 from ttboost.config import ConfigError, load_config
@@ -84,6 +86,29 @@ async def test_accounts_triggers_and_settings_work_through_any_worker(workers) -
 
     assert (await _until(next_chat, lambda f: f.get("volume") == 33))["volume"] == 33
     await ws.close()
+
+
+async def test_a_sound_uploaded_through_one_worker_is_served_by_every_other(workers) -> None:
+    a = await workers("a")
+    b = await workers("b")
+    c = await workers("c")
+    user_id, token = await register(a)
+    first, second = make_mp3(0.3), make_mp3(0.6)
+    url = (await upload(a, token, first, name="rose"))["url"]
+    path = url.removeprefix("http://testserver")
+
+    async def body_on(worker: TestClient) -> tuple[int, bytes]:
+        resp = await worker.get(path)
+        return resp.status, await resp.read()
+
+    assert await body_on(b) == (200, first)  # b has no file of its own: fetched from the cluster
+    await upload(a, token, second, name="rose")  # replaced through a: b's cached copy must not be served
+    assert await _until(lambda: body_on(b), lambda got: got == (200, second))
+    assert await body_on(c) == (200, second)
+    resp = await c.post("/v2/sounds/delete", headers=bearer(token), json={"filename": "rose.mp3"})
+    assert resp.status == 200  # deleted through c: gone everywhere
+    for worker in (a, b, c):
+        assert (await _until(lambda w=worker: body_on(w), lambda got: got[0] == 404))[0] == 404
 
 
 async def test_health_shows_the_cluster(workers) -> None:

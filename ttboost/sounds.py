@@ -89,6 +89,8 @@ async def upload(db: Database, store: MediaStore, user_id: int, data: bytes, cli
                                    max_seconds=limits.max_sound_seconds)
     filename = sanitize_filename(name_field or client_name, info.ext)
     sound = await run_to_end(_store(db, store, user_id, filename, data, info, max_sounds))
+    if store.replica is not None:  # before the answer: once the app has the URL, every worker serves it
+        await run_to_end(store.replica.put(user_id, filename, data))
     _LOGGER.info("sound %s stored (user %d, %s, %d bytes, %d ms)", filename, user_id, info.format, len(data),
                  info.duration_ms)
     return sound
@@ -164,6 +166,8 @@ async def delete(db: Database, store: MediaStore, triggers: TriggerStore, user_i
     if not is_sound_name(filename):  # no row can have such a name; spare the database the lookup
         raise sound_not_found()
     disabled = await run_to_end(_delete(db, store, triggers, user_id, filename, force))
+    if store.replica is not None:
+        await run_to_end(store.replica.delete(user_id, filename))
     _LOGGER.info("sound %s deleted (user %d%s)", filename, user_id,
                  f", disabled triggers {disabled}" if disabled else "")
     return disabled

@@ -9,6 +9,7 @@ from aiohttp import web
 from .. import keys
 from .broker import Broker
 from .changes import ChangeFeed
+from .media import ObjectStoreReplica
 
 
 async def cluster_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -18,6 +19,7 @@ async def cluster_ctx(app: web.Application) -> AsyncIterator[None]:
     await broker.open()
     try:
         await ChangeFeed(broker, app[keys.TRIGGERS], app[keys.SETTINGS]).start()
+        await ObjectStoreReplica(broker, app[keys.MEDIA]).start()
         app[keys.BROKER] = broker
         yield
     finally:

@@ -22,7 +22,8 @@ async def serve_sound(request: web.Request) -> web.StreamResponse:
     if _USER_ID.fullmatch(user_id) is None:
         raise not_found()
     # path_for is a few stat calls on a local disk: microseconds, fine on the loop.
-    path = request.app[keys.MEDIA].path_for(int(user_id), filename)
+    store = request.app[keys.MEDIA]
+    path = store.path_for(int(user_id), filename) or await store.fetch(int(user_id), filename)
     if path is None:
         raise not_found()
     return web.FileResponse(path, headers={

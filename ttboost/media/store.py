@@ -6,7 +6,7 @@ import asyncio
 import logging
 from contextlib import suppress
 from pathlib import Path
-from typing import Final
+from typing import Final, Protocol
 
 from ..fileio import discard_file, publish_file, stage_file
 from .names import is_sound_name
@@ -18,12 +18,33 @@ TEMP_PREFIX: Final = ".upload-"
 TEMP_SUFFIX: Final = ".tmp"
 
 
+class SoundReplica(Protocol):
+    """Where every worker of a cluster finds the sounds (no shared disk); this worker's folder is its cache."""
+
+    async def put(self, user_id: int, filename: str, data: bytes) -> None: ...
+
+    async def get(self, user_id: int, filename: str) -> bytes | None: ...
+
+    async def delete(self, user_id: int, filename: str) -> None: ...
+
+
 class MediaStore:
     """The media folder. Lookups are synchronous (a few stat calls); writes and scans run in a thread."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.sounds = self.root / "sounds"
+        self.replica: SoundReplica | None = None  # cluster mode (cluster/media.py); None in one process
+
+    async def fetch(self, user_id: int, filename: str) -> Path | None:
+        """A sound missing here that the cluster has: copied into this folder, then served like any other."""
+        if self.replica is None or not _is_user_id(user_id) or not is_sound_name(filename):
+            return None
+        data = await self.replica.get(user_id, filename)
+        if data is None:
+            return None
+        await self.save(user_id, filename, data)
+        return self.path_for(user_id, filename)
 
     def user_dir(self, user_id: int) -> Path:
         if not _is_user_id(user_id):
