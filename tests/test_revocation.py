@@ -63,6 +63,7 @@ async def test_a_password_set_elsewhere_reaches_the_socket(client) -> None:
     assert code == 4002
 
 
+@pytest.mark.both_backends  # the watch's one query must hold on PostgreSQL too (cluster mode)
 @pytest.mark.parametrize("how", ["revoke", "expire"])
 async def test_licence_end_sends_license_expired_then_4003(client, how: str) -> None:
     user_id, token = await make_user(client.app)
@@ -99,6 +100,7 @@ async def test_speech_and_simulate_need_an_active_licence(client, state: str, de
         assert (await resp.json())["detail"] == detail, path
 
 
+@pytest.mark.both_backends
 async def test_a_removed_account_closes_its_socket_with_4002(client) -> None:
     user_id, token = await make_user(client.app)
     ws = await client.ws_connect(f"/v2/ws?token={token}")
