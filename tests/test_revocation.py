@@ -111,3 +111,15 @@ async def test_a_removed_account_closes_its_socket_with_4002(client) -> None:
         await db.execute("DELETE FROM users WHERE id = ?", (user_id,))
     code, _frames = await closed_with(ws)
     assert code == 4002
+
+
+async def test_an_error_inside_the_socket_handler_closes_1011_never_http(client, caplog) -> None:
+    """The database gone mid-connection (a real failure, nothing patched): the socket closes as a WebSocket."""
+    _user_id, token = await make_user(client.app)
+    ws = await client.ws_connect(f"/v2/ws?token={token}")
+    assert (await recv(ws))["type"] == "status"
+    await client.app[keys.DB].close()
+    await ws.send_json({"action": "connect_tiktok", "username": "someone_else"})
+    code, _frames = await closed_with(ws)
+    assert code == 1011
+    assert "error while serving the socket" in caplog.text
