@@ -16,6 +16,7 @@ from ttboost.config import TikTokConfig
 from ttboost.live.errors import (
     Blocked, ConnectionDropped, LiveError, SignRateLimited, UserNotFound, UserOffline,
 )
+from ttboost.live.heap import HeapFreezer
 from ttboost.live.normalize import gift_event, live_event, stamp
 from ttboost.pipeline.events import LiveEvent
 
@@ -184,8 +185,9 @@ async def _load_library() -> SimpleNamespace:
 class TikTokAdapter:
     """LiveSource backed by TikTokLive; one fresh library client per watch."""
 
-    def __init__(self, config: TikTokConfig) -> None:
+    def __init__(self, config: TikTokConfig, heap: HeapFreezer | None = None) -> None:
         self._config = config
+        self._heap = heap or HeapFreezer()
 
     async def watch(
         self,
@@ -226,6 +228,7 @@ class TikTokAdapter:
             _LOGGER.info("@%s: TikTok closed the LIVE connection", unique_id)
         finally:
             await _shutdown(client, task, unique_id)
+            self._heap.changed()
 
     def _new_client(self, lib: SimpleNamespace, unique_id: str, sockets: list[Any],
                     deliver: Callable[[Any], None]) -> Any:
@@ -285,6 +288,7 @@ class TikTokAdapter:
             if isinstance(item, lib.ConnectEvent):
                 _LOGGER.info("@%s: connected to room %s", unique_id, item.room_id)
                 on_connected()
+                self._heap.changed()
                 continue
             try:
                 event = lib.converters[type(item)](item)
