@@ -178,3 +178,16 @@ async def test_a_licence_revoked_or_an_account_removed_reaches_open_overlays(mak
     ws = await client.ws_connect(f"/v2/overlay/ws?key={await overlay_key(client, other)}")
     await app[keys.DB].execute("DELETE FROM users WHERE username = 'other'")
     assert (await closed(ws)).data == 4002
+
+
+async def test_a_key_rotated_by_another_worker_closes_this_workers_overlays(make_client) -> None:
+    client = await make_client(auth={"revocation_check_seconds": 0.05, "bcrypt_rounds": 4})
+    app = client.server.app
+    user_id, token = await make_user(app)
+    ws = await client.ws_connect(f"/v2/overlay/ws?key={await overlay_key(client, token)}")
+    await ws.send_json({"action": "ping"})
+    await recv_type(ws, "pong")
+    # Another process wrote a new key: this one's close_overlays() never ran, the watch notices.
+    await app[keys.DB].execute("UPDATE overlay_keys SET key_hash = ? WHERE user_id = ?", ("0" * 64, user_id))
+    msg = await closed(ws)
+    assert (msg.data, msg.extra) == (4002, "key_revoked")

@@ -254,7 +254,7 @@ class SocketRegistry:
     def __init__(self) -> None:
         self._by_user: dict[int, Connection] = {}
         self._all: set[Connection] = set()
-        self._overlays: dict[int, set[Connection]] = {}
+        self._overlays: dict[int, dict[Connection, str]] = {}  # user id -> {socket: digest of the key it used}
 
     def __len__(self) -> int:
         """Open app sockets."""
@@ -263,18 +263,22 @@ class SocketRegistry:
     def overlay_count(self) -> int:
         return sum(len(conns) for conns in self._overlays.values())
 
-    def add_overlay(self, conn: Connection) -> None:
-        self._overlays.setdefault(conn.user.id, set()).add(conn)
+    def add_overlay(self, conn: Connection, key_digest: str) -> None:
+        self._overlays.setdefault(conn.user.id, {})[conn] = key_digest
 
     def remove_overlay(self, conn: Connection) -> None:
         conns = self._overlays.get(conn.user.id)
         if conns is not None:
-            conns.discard(conn)
+            conns.pop(conn, None)
             if not conns:
                 del self._overlays[conn.user.id]
 
     def overlays(self) -> list[Connection]:
         return [c for conns in self._overlays.values() for c in conns]
+
+    def overlay_key_digest(self, conn: Connection) -> str | None:
+        """The digest of the overlay key conn was opened with (None: not an open overlay socket)."""
+        return self._overlays.get(conn.user.id, {}).get(conn)
 
     def close_overlays(self, user_id: int, code: int, reason: str) -> None:
         """Closes every overlay socket of user_id now (its key was rotated or revoked)."""

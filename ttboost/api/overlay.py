@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Final
 
 from aiohttp import WSMsgType, web
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates
@@ -18,14 +17,13 @@ from ..overlay import store
 from ..overlay.page import ALERT_TYPES, DEFAULT_EVENTS, HOLD_RANGE
 from ..sockets import Connection
 from ..users import get_user
-from ..revocation import CLOSE_TOKEN_REVOKED, close_for_license
+from ..revocation import CLOSE_KEY_REVOKED, close_for_license
 from ..ws import CLOSE_TIMEOUT, MAX_CLIENT_MESSAGE
 from .common import authenticate
 from .responses import OkSchema
 
 _LOGGER = logging.getLogger(__name__)
 
-CLOSE_KEY_REVOKED: Final = CLOSE_TOKEN_REVOKED  # the key was rotated or revoked: the page stops for good
 
 routes = web.RouteTableDef()
 
@@ -124,7 +122,7 @@ async def overlay_ws(request: web.Request) -> web.StreamResponse:
     language = pick_language(request.headers.get("Accept-Language"), config.server.language)
     conn = Connection(ws, user, config.limits.ws_send_queue, language, kind="overlay", metrics=app[keys.METRICS])
     bus, registry = app[keys.BUS], app[keys.SOCKETS]
-    registry.add_overlay(conn)
+    registry.add_overlay(conn, store.digest(key))
     try:
         if await store.owner(db, key) != user.id:  # rotated while this socket was opening: it missed the close
             conn.close(CLOSE_KEY_REVOKED, "key_revoked")

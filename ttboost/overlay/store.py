@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
-from typing import Final
+from typing import Final, Iterable
 
 from ..db import Database
 from ..timeutil import iso, utcnow
@@ -14,7 +14,7 @@ KEY_BYTES: Final = 24  # 192 bits from secrets: the URL is the only credential a
 KEY_PATTERN: Final = re.compile(r"[A-Za-z0-9_-]{32}")  # token_urlsafe(24): 32 characters
 
 
-def _digest(key: str) -> str:
+def digest(key: str) -> str:
     # A fast hash is enough: the key is random with 192 bits, nothing to brute-force from a stolen hash, and the
     # lookup by hash compares no secret byte by byte in Python.
     return hashlib.sha256(key.encode("ascii")).hexdigest()
@@ -26,7 +26,7 @@ async def issue(db: Database, user_id: int) -> str:
     await db.execute(
         "INSERT INTO overlay_keys (user_id, key_hash, created_at) VALUES (?, ?, ?) "
         "ON CONFLICT (user_id) DO UPDATE SET key_hash = excluded.key_hash, created_at = excluded.created_at",
-        (user_id, _digest(key), iso(utcnow())))
+        (user_id, digest(key), iso(utcnow())))
     return key
 
 
@@ -39,4 +39,16 @@ async def owner(db: Database, key: str) -> int | None:
     """The user whose current key this is, or None (unknown, rotated, revoked, or not shaped like a key)."""
     if not KEY_PATTERN.fullmatch(key):
         return None
-    return await db.fetchval("SELECT user_id FROM overlay_keys WHERE key_hash = ?", (_digest(key),))
+    return await db.fetchval("SELECT user_id FROM overlay_keys WHERE key_hash = ?", (digest(key),))
+
+
+async def current_digests(db: Database, user_ids: Iterable[int]) -> dict[int, str]:
+    """{user id: digest of their current key} of those users that have one, in one query per 500 users."""
+    ids = sorted(set(user_ids))
+    out: dict[int, str] = {}
+    for start in range(0, len(ids), 500):  # well under SQLite's limit of bound parameters
+        chunk = ids[start:start + 500]
+        rows = await db.fetchall(f"SELECT user_id, key_hash FROM overlay_keys WHERE user_id IN "
+                                 f"({', '.join('?' * len(chunk))})", chunk)
+        out.update((row["user_id"], row["key_hash"]) for row in rows)
+    return out
