@@ -28,6 +28,12 @@ for (const name of ["play", "ended"]) {
   document.addEventListener(name, e => window.__audio.push(
     {event: name, src: e.target.currentSrc, volume: e.target.volume, at: performance.now()}), true);
 }
+window.__alerts = [];  // the type of every alert the page puts up, in order
+new MutationObserver(records => {
+  for (const r of records) for (const node of r.addedNodes) {
+    if (node.classList && node.classList.contains("alert")) window.__alerts.push(node.dataset.type);
+  }
+}).observe(document, {childList: true, subtree: true});
 """
 
 
@@ -127,3 +133,25 @@ async def test_a_gift_shows_and_sounds_the_next_waits_and_rotation_stops_the_pag
     await _simulate(client, token, type="gift", user="Late", gift_name="Lion", count=1)
     assert await page.evaluate("document.querySelectorAll('.alert').length") == 0
     assert (await client.get(overlay_url.removeprefix(str(client.make_url(""))))).status == 404
+
+
+async def test_options_pick_the_alerts_show_chat_and_silence_the_sounds(served, page) -> None:
+    client = served
+    token, _sound_urls = await _streamer_with_sounds(client)
+    resp = await client.post("/v2/overlay/key", headers=bearer(token))
+    overlay_url = (await resp.json())["overlay_url"]
+    await page.call("Page.navigate", url=f"{overlay_url}?events=follow&chat=1&audio=0&hold=1&lang=ru")
+    await page.wait_for("document.documentElement.dataset.state === 'live'")
+    await _simulate(client, token, type="gift", user="Bob", gift_name="Rose", count=3)  # not in events=
+    await _simulate(client, token, type="chat", user="Аня", message="привет <b>всем</b>")
+    await _simulate(client, token, type="follow", user="Kim")
+    follow = await page.wait_for("document.querySelector('.alert.follow')?.innerText")
+    assert "Kim" in follow and "подписка" in follow  # lang=ru
+    line = await page.wait_for("document.querySelector('#chat .line')?.innerText")
+    assert "Аня" in line and "привет <b>всем</b>" in line  # viewers' text stays text
+    assert await page.evaluate("document.querySelectorAll('#chat b').length") == 0
+    # The gift came first: had it been shown, it would be the first alert. Once the follow's alert is gone its
+    # sound would have played (an alert stays up until its sound ends): none did.
+    await page.wait_for("!document.querySelector('.alert')")
+    assert await page.evaluate("window.__alerts") == ["follow"]
+    assert await page.evaluate("window.__audio") == []
