@@ -28,9 +28,9 @@ def workers(pg_url: str, nats_url: str, aiohttp_client: Any, tmp_path: Path):
     """worker(name, live_source=None) → a client of one more worker; each has its own data folder (no shared
     disk), all share the database and the broker. pg_url first: its database outlives the apps."""
 
-    async def worker(name: str, live_source: Any = None) -> TestClient:
+    async def worker(name: str, live_source: Any = None, **sections: dict[str, Any]) -> TestClient:
         config = make_config(tmp_path / name, storage={"database_url": pg_url},
-                             cluster={"nats_url": nats_url, "worker_id": name, "lease_seconds": 3})
+                             cluster={"nats_url": nats_url, "worker_id": name, "lease_seconds": 3}, **sections)
         return await aiohttp_client(create_app(config, live_source=live_source, tts_engine=FakeEngine(),
                                                reconnect_min_seconds=0.01))
 
@@ -109,6 +109,17 @@ async def test_a_sound_uploaded_through_one_worker_is_served_by_every_other(work
     assert resp.status == 200  # deleted through c: gone everywhere
     for worker in (a, b, c):
         assert (await _until(lambda w=worker: body_on(w), lambda got: got[0] == 404))[0] == 404
+
+
+async def test_rate_limits_hold_across_workers(workers) -> None:
+    a = await workers("a", limits={"triggers_per_minute": 3})
+    b = await workers("b", limits={"triggers_per_minute": 3})
+    _, token = await register(a)
+    statuses = [(await w.get("/v2/triggers/list", headers=bearer(token))).status for w in (a, b, a)]
+    assert statuses == [200, 200, 200]
+    resp = await b.get("/v2/triggers/list", headers=bearer(token))  # b's own count is 1: the cluster's is 3
+    assert resp.status == 429 and (await resp.json())["detail"] == "too many requests"
+    assert 1 <= int(resp.headers["Retry-After"]) <= 20
 
 
 async def test_health_shows_the_cluster(workers) -> None:

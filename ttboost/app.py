@@ -56,14 +56,14 @@ _LOGGER = logging.getLogger(__name__)
 def _limiters(config: Config) -> dict[str, RateLimiter]:
     lim = config.limits
     return {
-        "auth": RateLimiter(lim.auth_per_minute),
+        "auth": RateLimiter(lim.auth_per_minute, name="auth"),
         # key redemption by a logged-in user: guessing keys costs what guessing passwords costs (per IP and user)
-        "redeem": RateLimiter(lim.auth_per_minute),
-        "upload": RateLimiter(lim.upload_per_minute),
-        "triggers": RateLimiter(lim.triggers_per_minute),
-        "tts": RateLimiter(lim.tts_per_minute),
+        "redeem": RateLimiter(lim.auth_per_minute, name="redeem"),
+        "upload": RateLimiter(lim.upload_per_minute, name="upload"),
+        "triggers": RateLimiter(lim.triggers_per_minute, name="triggers"),
+        "tts": RateLimiter(lim.tts_per_minute, name="tts"),
         # simulate can trigger speech: it shares the TTS budget's size
-        "simulate": RateLimiter(lim.tts_per_minute),
+        "simulate": RateLimiter(lim.tts_per_minute, name="simulate"),
     }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import time
-from typing import Callable, Final, Iterable
+from typing import Callable, Final, Iterable, Protocol
 
 from aiohttp import web
 
@@ -28,14 +28,23 @@ def ip_bucket(ip: str) -> str:
     return str(addr)
 
 
+class SharedBuckets(Protocol):
+    """Token buckets every worker of a cluster takes from (cluster/ratelimits.py): N workers, one limit."""
+
+    async def take(self, key: str, limit: int, period: float) -> float | None: ...
+
+
 class RateLimiter:
     """`limit` requests per `period` seconds per key; a burst of `limit` is allowed, then one per period/limit."""
 
-    def __init__(self, limit: int, period: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, limit: int, period: float = 60.0, clock: Callable[[], float] = time.monotonic,
+                 name: str = "") -> None:
         self.limit = limit
         self.period = period
+        self.name = name  # keeps limiters apart in shared buckets ("tts" and "simulate" both count per user)
         self._clock = clock
         self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, updated at)
+        self.shared: SharedBuckets | None = None  # cluster mode: the buckets live in the shared database
 
     @property
     def _rate(self) -> float:
@@ -58,9 +67,12 @@ class RateLimiter:
             self._prune(now)
         return retry
 
-    def check(self, key: str) -> None:
+    async def check(self, key: str) -> None:
         """Raises 429 `too many requests` with Retry-After (whole seconds, at least 1)."""
-        retry = self.hit(key)
+        if self.shared is not None and self.limit > 0:
+            retry = await self.shared.take(f"{self.name}:{key}", self.limit, self.period)
+        else:
+            retry = self.hit(key)
         if retry is not None:
             raise ApiError(429, "too many requests", "too_many_requests",
                            headers={"Retry-After": str(max(1, math.ceil(retry)))})

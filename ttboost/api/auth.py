@@ -30,7 +30,7 @@ ME_FLAT_SETTINGS: Final = ("voice_id", "tts_enabled", "tts_volume", "gifts_volum
                  **LICENSE_ERRORS, 429: IP_RATE_LIMITED,
                  503: f"{HASH_BUSY}; or the account changed meanwhile"})
 async def redeem_license(request: web.Request) -> web.Response:
-    limit_by_ip(request, "auth")
+    await limit_by_ip(request, "auth")
     body = await load_body(request, RedeemLicenseSchema())
     app = request.app
     user, claimed = await accounts.redeem_license(app[keys.DB], app[keys.PASSWORDS], username=body["username"],
@@ -45,7 +45,7 @@ async def redeem_license(request: web.Request) -> web.Response:
 @docs("Log in with username and password", tags=["auth"], security=(), body=LoginSchema,
       responses={200: TokenResponseSchema, 401: "invalid credentials", 429: IP_RATE_LIMITED, 503: HASH_BUSY})
 async def login(request: web.Request) -> web.Response:
-    limit_by_ip(request, "auth")
+    await limit_by_ip(request, "auth")
     body = await load_body(request, LoginSchema())
     app = request.app
     user = await accounts.login(app[keys.DB], app[keys.PASSWORDS], body["username"], body["password"])
@@ -62,7 +62,7 @@ async def me(request: web.Request) -> web.Response:
     try:
         user = await authenticate(request)
     except ApiError:
-        limit_by_ip(request, "auth")
+        await limit_by_ip(request, "auth")
         raise
     app = request.app
     plan = await licenses.plan_for_user(app[keys.DB], user.id)
@@ -88,7 +88,7 @@ async def me(request: web.Request) -> web.Response:
       body=PasswordChangeSchema, responses={200: TokenResponseSchema, 401: "invalid token | invalid credentials",
                                             429: IP_RATE_LIMITED, 503: HASH_BUSY})
 async def change_password(request: web.Request) -> web.Response:
-    limit_by_ip(request, "auth")
+    await limit_by_ip(request, "auth")
     user = await authenticate(request)
     body = await load_body(request, PasswordChangeSchema())
     app = request.app
@@ -105,7 +105,7 @@ async def change_password(request: web.Request) -> web.Response:
                  403: f"{LICENSE_ERRORS[403]} | password required (the key's account has a password: use "
                       "/v2/auth/login)"})
 async def legacy_login(request: web.Request) -> web.Response:
-    limit_by_ip(request, "auth")
+    await limit_by_ip(request, "auth")
     body = await load_body(request, LegacyLoginSchema())
     app = request.app
     user = await accounts.legacy_login(app[keys.DB], body["license_key"])

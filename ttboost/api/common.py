@@ -61,9 +61,9 @@ async def authenticate(request: web.Request) -> User:
     return await user_for_token(request, bearer_token(request))
 
 
-def limit_by_ip(request: web.Request, name: str) -> None:
-    request.app[keys.LIMITERS][name].check(ip_bucket(request.app[keys.CLIENT_IP](request)))
+async def limit_by_ip(request: web.Request, name: str) -> None:
+    await request.app[keys.LIMITERS][name].check(ip_bucket(request.app[keys.CLIENT_IP](request)))
 
 
-def limit_by_user(request: web.Request, name: str, user: User) -> None:
-    request.app[keys.LIMITERS][name].check(f"user:{user.id}")
+async def limit_by_user(request: web.Request, name: str, user: User) -> None:
+    await request.app[keys.LIMITERS][name].check(f"user:{user.id}")

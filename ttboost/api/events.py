@@ -58,7 +58,7 @@ def simulated_event(data: dict[str, Any]) -> LiveEvent:
       body=SimulateSchema, responses={200: SimulatedSchema, 403: LICENSE_ERRORS[403], 429: USER_RATE_LIMITED})
 async def simulate(request: web.Request) -> web.Response:
     user = await authenticate(request)
-    limit_by_user(request, "simulate", user)
+    await limit_by_user(request, "simulate", user)
     data = await load_body(request, SimulateSchema())
     await require_active_license(request.app[keys.DB], user.id)  # it reaches the socket and may speak
     dispatcher = request.app[keys.DISPATCHER]

@@ -19,7 +19,7 @@ _LOGGER = logging.getLogger(__name__)
 routes = web.RouteTableDef()
 
 
-def _check_web_api_key(request: web.Request) -> None:
+async def _check_web_api_key(request: web.Request) -> None:
     expected = request.app[keys.CONFIG].auth.web_issue_api_key
     if not expected:  # never open: an unset key disables the endpoint
         raise ApiError(503, "web issuing disabled", "web_issuing_disabled")
@@ -28,7 +28,7 @@ def _check_web_api_key(request: web.Request) -> None:
         client = request.app[keys.CLIENT_IP](request)
         _LOGGER.warning("issue-web: wrong or missing Web-Api-Key from %s", client)
         # Wrong keys share the per-IP auth budget: guessing the key costs 10 tries a minute, not thousands.
-        limit_by_ip(request, "auth")
+        await limit_by_ip(request, "auth")
         raise ApiError(401, "invalid api key", "invalid_api_key")
 
 
@@ -39,7 +39,7 @@ def _check_web_api_key(request: web.Request) -> None:
                  429: "too many wrong Web-Api-Key attempts from this IP; see Retry-After",
                  403: "plan not allowed", 503: "web issuing disabled (no key configured)"})
 async def issue_web(request: web.Request) -> web.Response:
-    _check_web_api_key(request)
+    await _check_web_api_key(request)
     body = await load_body(request, IssueWebSchema())
     app = request.app
     lic = await licenses.issue_web(app[keys.DB], app[keys.CONFIG], order_id=body["order_id"], plan=body["plan"],
@@ -52,9 +52,9 @@ async def issue_web(request: web.Request) -> web.Response:
 @docs("Bind another license key to the logged-in account (renewal)", tags=["license"], body=RedeemSchema,
       responses={200: RedeemedSchema, **LICENSE_ERRORS, 429: f"{IP_RATE_LIMITED}, or per user"})
 async def redeem(request: web.Request) -> web.Response:
-    limit_by_ip(request, "redeem")
+    await limit_by_ip(request, "redeem")
     user = await authenticate(request)
-    limit_by_user(request, "redeem", user)
+    await limit_by_user(request, "redeem", user)
     body = await load_body(request, RedeemSchema())
     db = request.app[keys.DB]
     await accounts.redeem_for_user(db, user, body["license_key"])

@@ -59,7 +59,7 @@ _DELETE_ERRORS: Final = {404: "sound file not found", 409: "sound in use (`trigg
                                                      "too short or too long)", 429: USER_RATE_LIMITED})
 async def upload_sound(request: web.Request) -> web.Response:
     user = await authenticate(request)
-    limit_by_user(request, "upload", user)  # before the body is read: a refused upload costs no bandwidth
+    await limit_by_user(request, "upload", user)  # before the body is read: a refused upload costs no bandwidth
     config = request.app[keys.CONFIG]
     # Streams the multipart body itself, so the app's client_max_size (64 KiB, for JSON) does not apply here.
     upload = await media.read_upload(request, config.limits.max_sound_bytes)

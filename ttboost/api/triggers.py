@@ -21,7 +21,7 @@ routes = web.RouteTableDef()
 
 async def _user(request: web.Request) -> User:
     user = await authenticate(request)
-    limit_by_user(request, "triggers", user)
+    await limit_by_user(request, "triggers", user)
     return user
 
 

@@ -53,7 +53,7 @@ class LegacyGenerateSchema(BodySchema):
 
 
 async def _speak(request: web.Request, user: User, data: dict[str, Any]) -> dict[str, Any]:
-    limit_by_user(request, "tts", user)
+    await limit_by_user(request, "tts", user)
     await require_active_license(request.app[keys.DB], user.id)  # synthesis costs: paying users only
     settings = await request.app[keys.SETTINGS].get(user.id)
     voice = data.get("voice_id") or settings["voice_id"]

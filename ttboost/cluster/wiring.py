@@ -7,9 +7,11 @@ from typing import AsyncIterator
 from aiohttp import web
 
 from .. import keys
+from ..db import PostgresDatabase
 from .broker import Broker
 from .changes import ChangeFeed
 from .media import ObjectStoreReplica
+from .ratelimits import PostgresBuckets
 
 
 async def cluster_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -20,6 +22,9 @@ async def cluster_ctx(app: web.Application) -> AsyncIterator[None]:
     try:
         await ChangeFeed(broker, app[keys.TRIGGERS], app[keys.SETTINGS]).start()
         await ObjectStoreReplica(broker, app[keys.MEDIA]).start()
+        db = app[keys.DB]
+        assert isinstance(db, PostgresDatabase)  # config checks: cluster mode needs PostgreSQL
+        await PostgresBuckets(db).start(app[keys.LIMITERS])
         app[keys.BROKER] = broker
         yield
     finally:
