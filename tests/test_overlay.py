@@ -77,7 +77,7 @@ async def test_the_page_is_self_contained_and_locked_down(client, streamer) -> N
 
 @pytest.mark.parametrize("query, field", [("events=gift,raid", "events"), ("events=", "events"), ("chat=yes", "chat"),
                                           ("audio=2", "audio"), ("hold=0", "hold"), ("hold=61", "hold"),
-                                          ("lang=de", "lang")])
+                                          ("lang=de", "lang"), ("rehearsal=true", "rehearsal")])
 async def test_bad_page_options_are_422_naming_the_option(client, streamer, query, field) -> None:
     key = await overlay_key(client, streamer)
     resp = await client.get(f"/overlay/{key}?{query}")
@@ -87,7 +87,8 @@ async def test_bad_page_options_are_422_naming_the_option(client, streamer, quer
 
 async def test_option_edges_are_accepted(client, streamer) -> None:
     key = await overlay_key(client, streamer)
-    for query in ("hold=1", "hold=60", "events=gift,follow,subscribe,share,like,viewer_join", "chat=0&audio=1"):
+    for query in ("hold=1", "hold=60", "events=gift,follow,subscribe,share,like,viewer_join", "chat=0&audio=1",
+                  "rehearsal=1"):
         assert (await client.get(f"/overlay/{key}?{query}")).status == 200, query
 
 

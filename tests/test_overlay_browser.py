@@ -18,6 +18,7 @@ from tests.conftest import make_config
 from tests.fake_tts import FakeEngine
 from tests.helpers import bearer, make_user
 from tests.test_sounds_api import upload
+from ttboost import keys
 from ttboost.app import create_app
 
 DOCS_SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "overlay-alert.png"
@@ -144,6 +145,10 @@ async def test_options_pick_the_alerts_show_chat_and_silence_the_sounds(served, 
     await page.wait_for("document.documentElement.dataset.state === 'live'")
     await _simulate(client, token, type="gift", user="Bob", gift_name="Rose", count=3)  # not in events=
     await _simulate(client, token, type="chat", user="Аня", message="привет <b>всем</b>")
+    # A rehearsal's frame (spec §8) stays off the stream; it would otherwise be the first follow alert.
+    user_id = await client.server.app[keys.DB].fetchval("SELECT id FROM users")
+    client.server.app[keys.BUS].publish(user_id, "follow", {"user": "Rehearsed", "username": "rehearsed",
+                                                            "rehearsal": True}, log=False)
     await _simulate(client, token, type="follow", user="Kim")
     follow = await page.wait_for("document.querySelector('.alert.follow')?.innerText")
     assert "Kim" in follow and "подписка" in follow  # lang=ru

@@ -48,6 +48,9 @@ class OverlayPageQuerySchema(Schema):
                          metadata={"description": "1: show chat lines (and read their speech)"})
     audio = fields.String(load_default="1", validate=validate.OneOf(("0", "1")),
                           metadata={"description": "0: no sound at all"})
+    rehearsal = fields.String(load_default="0", validate=validate.OneOf(("0", "1")),
+                              metadata={"description": "1: also show a rehearsal's frames (POST /v2/streams/{id}/"
+                                                       "rehearse); by default they stay off the stream"})
     hold = fields.Integer(load_default=5, validate=validate.Range(*HOLD_RANGE), metadata={
         "description": "seconds an alert stays at least; a longer sound keeps it up until it ends"})
     lang = fields.String(validate=validate.OneOf(("ru", "en")),
