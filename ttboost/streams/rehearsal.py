@@ -133,10 +133,10 @@ class Rehearsals:
         await asyncio.gather(*(self.stop(user_id) for user_id in list(self._runs)), return_exceptions=True)
 
     def _mark(self, user_id: int, state: str, run: _Run) -> None:
-        # Logged (not a LIVE event, so without a stream): seq continues from the log after a restart, and
-        # this frame's seq covers the rehearsal frames before it, which are not logged.
+        # Not logged either: seq numbers are reserved ahead of use (pipeline/seqs.py), so unlogged frames
+        # never see their numbers handed out again after a restart.
         self._bus.publish(user_id, FRAME_TYPE, {"state": state, "stream_id": run.stream_id, "speed": run.speed,
-                                                "rehearsal": True}, live=False)
+                                                "rehearsal": True}, log=False)
 
     async def _run(self, user_id: int, run: _Run, last_seq: int) -> None:
         stream_time = 0.0  # the recorded time of the event being replayed: cooldowns run on it
