@@ -12,10 +12,11 @@ from aiohttp.test_utils import TestClient
 from tests.audio_samples import make_mp3
 from tests.conftest import make_config
 from tests.fake_live import ScriptedSource
-from tests.fake_tts import FakeEngine
+from tests.fake_tts import FakeEngine, audio_for
 from tests.helpers import bearer
 from tests.test_sounds_api import upload
 from tests.test_ws import recv_type, register
+from ttboost import keys
 from ttboost.app import create_app
 from ttboost.config import ConfigError, load_config
 from ttboost.pipeline.events import LiveEvent
@@ -28,10 +29,11 @@ def workers(pg_url: str, nats_url: str, aiohttp_client: Any, tmp_path: Path):
     """worker(name, live_source=None) → a client of one more worker; each has its own data folder (no shared
     disk), all share the database and the broker. pg_url first: its database outlives the apps."""
 
-    async def worker(name: str, live_source: Any = None, **sections: dict[str, Any]) -> TestClient:
+    async def worker(name: str, live_source: Any = None, tts_engine: Any = None,
+                     **sections: dict[str, Any]) -> TestClient:
         config = make_config(tmp_path / name, storage={"database_url": pg_url},
                              cluster={"nats_url": nats_url, "worker_id": name, "lease_seconds": 3}, **sections)
-        return await aiohttp_client(create_app(config, live_source=live_source, tts_engine=FakeEngine(),
+        return await aiohttp_client(create_app(config, live_source=live_source, tts_engine=tts_engine or FakeEngine(),
                                                reconnect_min_seconds=0.01))
 
     return worker
@@ -109,6 +111,31 @@ async def test_a_sound_uploaded_through_one_worker_is_served_by_every_other(work
     assert resp.status == 200  # deleted through c: gone everywhere
     for worker in (a, b, c):
         assert (await _until(lambda w=worker: body_on(w), lambda got: got[0] == 404))[0] == 404
+
+
+async def test_speech_made_by_one_worker_is_served_by_every_other(workers) -> None:
+    engine = FakeEngine()
+    a = await workers("a", tts_engine=engine)
+    b = await workers("b")
+    _, token = await register(a)
+    resp = await a.post("/v2/tts/generate", headers=bearer(token), json={"text": "hello there"})
+    path = (await resp.json())["url"].removeprefix("http://testserver")
+    got = await b.get(path)  # b never synthesized it
+    assert got.status == 200 and await got.read() == audio_for("hello there")
+
+    speech = a.app[keys.SPEECH]
+    release = engine.hold("still speaking")
+    key = speech.request("still speaking", "ru-RU-SvetlanaNeural", 0, sheddable=False, owner=1)
+    waiting = asyncio.create_task(b.get(f"/static/tts/{key}.mp3"))  # asked of b while a is synthesizing
+    await engine.reached["still speaking"].wait()
+    release.set()
+    got = await waiting
+    assert got.status == 200 and await got.read() == audio_for("still speaking")
+
+    engine.failing.add("broken")
+    key = speech.request("broken", "ru-RU-SvetlanaNeural", 0, sheddable=False, owner=1)
+    assert (await b.get(f"/static/tts/{key}.mp3")).status == 404  # failed on a: 404 everywhere
+    assert (await b.get(f"/static/tts/{'0' * 32}.mp3")).status == 404  # unknown to the whole cluster
 
 
 async def test_rate_limits_hold_across_workers(workers) -> None:

@@ -12,6 +12,7 @@ from .broker import Broker
 from .changes import ChangeFeed
 from .media import ObjectStoreReplica
 from .ratelimits import PostgresBuckets
+from .speech import ClusterSpeech
 
 
 async def cluster_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -25,8 +26,13 @@ async def cluster_ctx(app: web.Application) -> AsyncIterator[None]:
         db = app[keys.DB]
         assert isinstance(db, PostgresDatabase)  # config checks: cluster mode needs PostgreSQL
         await PostgresBuckets(db).start(app[keys.LIMITERS])
+        speech = ClusterSpeech(broker, app[keys.SPEECH])
+        await speech.start()
         app[keys.BROKER] = broker
-        yield
+        try:
+            yield
+        finally:
+            await speech.close()
     finally:
         await broker.close()
 

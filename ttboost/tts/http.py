@@ -33,7 +33,8 @@ async def serve_speech(request: web.Request) -> web.StreamResponse:
     match = _NAME_RE.fullmatch(request.match_info.get("name", ""))
     if match is None:
         raise errors.not_found()
-    found = request.app[keys.SPEECH].open(match[1])
+    speech = request.app[keys.SPEECH]
+    found = speech.open(match[1]) or await speech.fetch(match[1])  # fetch: made by another worker of a cluster
     if found is None:
         raise errors.not_found()
     if isinstance(found, Path):

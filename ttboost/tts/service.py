@@ -13,7 +13,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncGenerator, Callable, Final
+from typing import AsyncGenerator, Callable, Final, Protocol
 
 from ..fileio import make_private_dir, run_to_end, write_atomic
 from .engine import TTSEngine, TTSError, clamp_rate
@@ -28,6 +28,18 @@ SHED_LOG_INTERVAL: Final = 10.0  # seconds between "shed" log lines during a flo
 _TMP_PREFIX: Final = ".tmp-"  # temp files start with this; start() removes any a crash left behind
 _KEY_RE: Final = re.compile(r"[0-9a-f]{32}")
 _FILE_RE: Final = re.compile(r"([0-9a-f]{32})\.mp3")
+
+
+class SpeechReplica(Protocol):
+    """Cluster mode (cluster/speech.py): what one worker synthesizes, every worker can serve."""
+
+    def pending(self, key: str) -> None: ...  # a job for key was queued here (never waits: event path)
+
+    def failed(self, key: str) -> None: ...  # …and failed or was shed
+
+    async def stored(self, key: str, data: bytes) -> None: ...  # …and its audio exists
+
+    async def fetch(self, key: str) -> bytes | None: ...  # audio made elsewhere, waiting while it is pending
 
 
 @dataclass(slots=True)
@@ -69,6 +81,7 @@ class SpeechService:
         self._closed = False
         self._shed_unlogged: dict[Lane, int] = {Lane.CHAT: 0, Lane.TRIGGER: 0}
         self._shed_logged_at = -math.inf
+        self.replica: SpeechReplica | None = None
 
     async def start(self) -> None:
         if self._workers or self._closed:
@@ -152,12 +165,16 @@ class SpeechService:
         job = self._jobs.get(key)
         if job is None:
             job = self._jobs[key] = Job(key, text, voice, clamp_rate(rate))
+            if self.replica is not None:
+                self.replica.pending(key)
         elif key not in self._queue:
             return job  # running: whoever asks follows it
         # Idle workers take jobs as soon as the loop runs: those are not really waiting.
         for shed, shed_lane in self._queue.put(owner, job, lane, spare=self._idle):
             del self._jobs[shed.key]
             shed.finish(JobState.FAILED, "shed: too many phrases waiting")
+            if self.replica is not None:
+                self.replica.failed(shed.key)
             self._shed_unlogged[shed_lane] += 1
         self._log_shed()
         self._work.set()
@@ -235,22 +252,41 @@ class SpeechService:
         if self._jobs.get(job.key) is job:
             del self._jobs[job.key]
         job.finish(JobState.FAILED, error)
+        if self.replica is not None:
+            self.replica.failed(job.key)
 
     # -- cache -----------------------------------------------------------------------------------------------
 
+    async def fetch(self, key: str) -> Path | None:
+        """Audio another worker of the cluster made (or is making): into this cache, then served from it."""
+        if self.replica is None or not _KEY_RE.fullmatch(key):
+            return None
+        data = await self.replica.fetch(key)
+        if data is None:
+            return None
+        await self._keep(key, data)
+        return self._dir / f"{key}.mp3"
+
     async def _store(self, job: Job) -> None:
         data = b"".join(job.chunks)
+        await self._keep(job.key, data, job)
+        if self.replica is not None:
+            await self.replica.stored(job.key, data)
+
+    async def _keep(self, key: str, data: bytes, job: Job | None = None) -> None:
+        """Writes the audio into the cache; finishes the job that made it (none when fetched)."""
         async with self._fs_lock:
-            await run_to_end(asyncio.to_thread(write_atomic, self._dir, f"{job.key}.mp3", data,
+            await run_to_end(asyncio.to_thread(write_atomic, self._dir, f"{key}.mp3", data,
                                               prefix=_TMP_PREFIX, suffix=".mp3"))
             # One step with the write's end: open() sees either the job or the file, never neither.
-            old = self._files.pop(job.key, None)
+            old = self._files.pop(key, None)
             self._total += len(data) - (old.size if old else 0)
-            self._files[job.key] = _Entry(len(data), self._clock())
-            if self._jobs.get(job.key) is job:
-                del self._jobs[job.key]
-            job.finish(JobState.DONE)
-        _LOGGER.debug("tts stored %s (%d bytes)", job.key, len(data))
+            self._files[key] = _Entry(len(data), self._clock())
+            if job is not None:
+                if self._jobs.get(key) is job:
+                    del self._jobs[key]
+                job.finish(JobState.DONE)
+        _LOGGER.debug("tts stored %s (%d bytes)", key, len(data))
 
     def _touch(self, key: str) -> None:
         self._files[key].handed_out = self._clock()
