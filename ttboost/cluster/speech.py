@@ -37,33 +37,36 @@ class ClusterSpeech:
         self._speech = speech
         self._audio: ObjectStore | None = None
         self._state: KeyValue | None = None
-        self._marks: set[asyncio.Task[None]] = set()
+        # Marks go out in order through one task: a "failed" must never be overtaken by its own "pending".
+        self._marks: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+        self._marker: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         js = self._broker.nc.jetstream()
         self._audio = await js.create_object_store(AUDIO_BUCKET, config=ObjectStoreConfig(ttl=AUDIO_TTL))
         # A mark outlives any synthesis (JOB_TIMEOUT) with room, then goes: the audio bucket answers from then.
         self._state = await js.create_key_value(KeyValueConfig(bucket=STATE_BUCKET, ttl=JOB_TIMEOUT * 5))
+        self._marker = asyncio.create_task(self._send_marks(), name="cluster-tts-marks")
         self._speech.replica = self
 
     async def close(self) -> None:
         self._speech.replica = None
-        for task in list(self._marks):
-            task.cancel()
-        await asyncio.gather(*self._marks, return_exceptions=True)
+        if self._marker is not None:
+            self._marker.cancel()
+            await asyncio.gather(self._marker, return_exceptions=True)
+            self._marker = None
 
     def _mark(self, key: str, state: bytes) -> None:
-        assert self._state is not None
-        task = asyncio.create_task(self._put_mark(key, state), name=f"tts-mark-{key}")
-        self._marks.add(task)
-        task.add_done_callback(self._marks.discard)
+        self._marks.put_nowait((key, state))
 
-    async def _put_mark(self, key: str, state: bytes) -> None:
+    async def _send_marks(self) -> None:
         assert self._state is not None
-        try:
-            await self._state.put(key, state)
-        except Exception:  # NATS away for a moment: another worker then answers 404 for this phrase
-            _LOGGER.warning("cluster: could not mark speech %s %s", key, state.decode(), exc_info=True)
+        while True:
+            key, state = await self._marks.get()
+            try:
+                await self._state.put(key, state)
+            except Exception:  # NATS away for a moment: another worker then answers 404 for this phrase
+                _LOGGER.warning("cluster: could not mark speech %s %s", key, state.decode(), exc_info=True)
 
     def pending(self, key: str) -> None:
         self._mark(key, b"pending")
@@ -84,14 +87,16 @@ class ClusterSpeech:
         loop = asyncio.get_running_loop()
         started = loop.time()
         while True:
-            try:
-                return (await self._audio.get(key)).data
-            except ObjectNotFoundError:
-                pass
+            # The mark first, then the audio: "done" is marked after the audio is in, so a "done" read here
+            # means the audio is there for the look that follows (not so the other way round).
             try:
                 state = (await self._state.get(key)).value
             except KeyNotFoundError:
                 state = None
+            try:
+                return (await self._audio.get(key)).data
+            except ObjectNotFoundError:
+                pass
             waited = loop.time() - started
             # "done" without audio: past its TTL. None: unknown, unless its mark is still on the way.
             if state in (b"failed", b"done") or (state is None and waited > UNKNOWN_GRACE) or waited > JOB_TIMEOUT:
