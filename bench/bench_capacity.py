@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import subprocess
 import time
 from pathlib import Path
 from typing import Any, Final
@@ -182,8 +183,11 @@ async def measure_server(fake: BenchTikTok, args: argparse.Namespace, label: str
             sockets = [room(i) for i in range(args.sessions)]
             sends = [(sockets[k % args.sessions], factory.frame(event_spec(start + k))) for k in range(n)]
             cpu0 = cpu_seconds(server.pid)
+            profile = _py_spy(args, label, server.pid)
             sent, recv, elapsed = await send_and_wait(sessions, sends, args.sessions * args.rate, start)
             cpu = cpu_seconds(server.pid) - cpu0
+            if profile is not None:
+                await asyncio.to_thread(profile.wait)
             out["steady"] = {"rate": args.sessions * args.rate, "seconds": round(elapsed, 1),
                              "latency": _latency(sent, recv), "server_cpu_s": round(cpu, 2),
                              "server_cpu_ms_per_event": round(cpu * 1000 / n, 3)}
@@ -191,6 +195,17 @@ async def measure_server(fake: BenchTikTok, args: argparse.Namespace, label: str
     finally:
         await sessions.close()
     return out
+
+
+def _py_spy(args: argparse.Namespace, label: str, pid: int) -> subprocess.Popen[bytes] | None:
+    """With --py-spy DIR: the server's profile during the steady run (DIR/capacity-<label>.folded)."""
+    if args.py_spy is None:
+        return None
+    args.py_spy.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--rate", "250", "--format", "raw",
+                             "--duration", str(max(1, int(args.seconds))),
+                             "--output", str(args.py_spy / f"capacity-{label}.folded")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 async def measure_bare(fake: BenchTikTok, args: argparse.Namespace) -> dict[str, Any]:
@@ -268,6 +283,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=20.0, help="length of the steady run")
     parser.add_argument("--before", type=Path, help="also measure the server of this checkout, first")
     parser.add_argument("--bare", action="store_true", help="also measure the bare aiohttp relay (the floor)")
+    parser.add_argument("--py-spy", type=Path, help="record the servers' profiles during the steady runs here")
     return parser.parse_args(argv)
 
 
