@@ -1,6 +1,6 @@
 """Runs every benchmark in turn and writes bench/results/latest.json (plus one file per benchmark).
 
-    python -m bench.run_all            # about three minutes on 2 cores
+    python -m bench.run_all            # about eight minutes on 2 cores (the capacity run: ~4)
     python -m bench.run_all --quick    # shorter runs, for a smoke test
 
 Each benchmark starts its own server process(es) on 127.0.0.1 and stops them; nothing leaves the machine.
@@ -15,7 +15,7 @@ import json
 import time
 from typing import Any, Final
 
-from bench import bench_dispatch, bench_http, bench_memory, bench_pipeline, bench_startup
+from bench import bench_capacity, bench_dispatch, bench_http, bench_memory, bench_pipeline, bench_startup
 from bench.common import RESULTS_DIR, machine
 
 # Targets of the issue: (figure, limit, "max" = must stay at or under it, "min" = must reach it).
@@ -69,6 +69,16 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
             row("HTTP requests/s, server pinned to one CPU", path, pinned[path]["requests_per_s"])
     row("pipeline CPU per event (in-process), µs", "dispatch: triggers + bus, no I/O",
         results["dispatch"]["us_per_event_best"])
+    capacity = results.get("capacity")
+    for run in capacity["runs"] if capacity else ():
+        label = f"{capacity['sessions']} sessions × {capacity['rate_per_session']:g} event/s ({run['label']})"
+        steady = run["steady"]
+        row("server CPU per event, push → app frame, ms", label, steady["server_cpu_ms_per_event"], 0.35, "max")
+        row("p99 event → app frame, ms", label, steady["latency"].get("p99_ms"), 20.0, "max")
+        if "rss_per_session_mb" in run:
+            row("RSS per LIVE session (with its app socket), MB", label, run["rss_per_session_mb"], 0.6, "max")
+            row("first chat / first gift of the first session, ms", label,
+                max(run["first_chat_ms"], run["first_gift_ms"]))
     return {"rows": rows, "all_targets_passed": all(r.get("passed", True) for r in rows)}
 
 
@@ -98,6 +108,9 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
     results["dispatch"] = await asyncio.to_thread(bench_dispatch.main, ["--rounds", "3"] if args.quick else [])
     print("== pipeline (processes)", flush=True)
     results["pipeline"] = await bench_pipeline.main(bench_pipeline.parse_args(quick))
+    print("== capacity (processes)", flush=True)
+    results["capacity"] = await bench_capacity.main(bench_capacity.parse_args(
+        ["--sessions", "100", "--seconds", "5"] if args.quick else ["--bare"]))
     results["summary"] = summary(results)
     results["seconds"] = round(time.perf_counter() - began, 1)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
