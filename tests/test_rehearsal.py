@@ -79,7 +79,12 @@ async def record_stream(client, source, triggers: tuple[dict[str, Any], ...] = (
     ws, watch, token = await connected_socket(client, source)
     for trigger in triggers:
         assert (await client.post("/v2/triggers/set", json=trigger, headers=bearer(token))).status == 200
-    stream_id = (await (await client.get("/v2/streams/current", headers=bearer(token))).json())["id"]
+    async def current() -> tuple[int, Any]:
+        resp = await client.get("/v2/streams/current", headers=bearer(token))
+        return resp.status, await resp.json()
+
+    # The stream's row is written just after "connected" goes out: waited for, not raced.
+    stream_id = (await eventually(current, lambda r: r[0] == 200))[1]["id"]
     watch.emit(*recorded())
     live: list[dict[str, Any]] = []
     while sum(f["type"] != "viewer_first_message" for f in live) < N:

@@ -101,9 +101,13 @@ async def test_stream_figures_events_and_csv_equal_what_the_app_received(live_cl
     ws = await client.ws_connect(f"/v2/ws?token={token}")
     await status(ws, "connected")
 
-    current = await client.get("/v2/streams/current", headers=auth)
-    assert current.status == 200
-    live = await current.json()
+    async def current() -> tuple[int, Any]:
+        resp = await client.get("/v2/streams/current", headers=auth)
+        return resp.status, await resp.json()
+
+    # The stream's row is written just after "connected" goes out: waited for, not raced.
+    status_code, live = await eventually(current, lambda r: r[0] == 200)
+    assert status_code == 200
     assert live["ended_at"] is None and live["tiktok_username"] == "streamer"
     stream_id = live["id"]
 
