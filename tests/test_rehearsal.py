@@ -258,3 +258,28 @@ async def test_after_a_restart_seq_stays_above_every_rehearsal_frame(aiohttp_cli
     ws = await again.ws_connect(f"/v2/ws?token={token}")
     assert (await recv(ws))["seq"] > finished["seq"]
     await ws.close()
+
+
+async def test_a_burst_recorded_in_one_instant_reaches_the_app_whole(client, source) -> None:
+    """TikTok delivers busy moments in batches that share a timestamp: replayed at once, they must not overrun
+    the app socket's send queue (it would be closed as too slow) — the replay lets the writer run."""
+    ws, watch, token = await connected_socket(client, source)
+    app = client.server.app
+    user_id = (await (await client.get("/v2/auth/me", headers=bearer(token))).json())["id"]
+    db = app[keys.DB]
+    stream_id = await db.execute("INSERT INTO stream_sessions (user_id, tiktok_username, started_at, ended_at) "
+                                 "VALUES (?, 'streamer', '2026-11-29T20:00:00Z', '2026-11-29T21:00:00Z')",
+                                 (user_id,))
+    burst = 3 * app[keys.CONFIG].limits.ws_send_queue
+    payload = json.dumps({"user": "Аня", "username": "anya", "message": "!!!"})
+    await db.executemany("INSERT INTO events (user_id, session_id, seq, type, ts, payload) VALUES (?, ?, ?, ?, ?, ?)",
+                         [(user_id, stream_id, 10_000 + i, "chat", "2026-11-29T20:00:01.000Z", payload)
+                          for i in range(burst)])
+    resp = await client.post(f"/v2/streams/{stream_id}/rehearse", json={"speed": 20}, headers=bearer(token))
+    assert resp.status == 200
+    await recv_type(ws, "rehearsal", state="started")
+    chats = 0
+    while (frame := await recv(ws))["type"] != "rehearsal":
+        chats += frame["type"] == "chat"
+    assert frame["state"] == "finished" and chats == burst
+    await ws.close()

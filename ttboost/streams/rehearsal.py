@@ -26,6 +26,10 @@ SPEED_MIN: Final = 1  # × real time (spec §8)
 SPEED_MAX: Final = 20
 FRAME_TYPE: Final = "rehearsal"  # the marker frames: state started | finished | stopped
 DERIVED: Final = "viewer_first_message"  # recorded after a chat by that night's rules, not by TikTok
+# Frames sent in a row before the replay lets other tasks run: events TikTok batched share one timestamp and
+# go out at once, and a burst above limits.ws_send_queue sent without the socket's writer getting a turn would
+# close a client that reads fine as "too slow" (the same reason as live/tiktok.py's YIELD_EVERY).
+YIELD_EVERY: Final = 32
 
 EngineFactory = Callable[[Callable[[], float]], ActionHook]  # (stream clock) → a fresh, non-counting engine
 
@@ -145,7 +149,7 @@ class Rehearsals:
         try:
             await engine.prepare(user_id)
             self._mark(user_id, "started", run)
-            started, first = self._pacer.now(), None
+            started, first, in_a_row = self._pacer.now(), None, 0
             async for page in all_stream_events(self._db, user_id, run.stream_id, up_to_seq=last_seq):
                 for frame in page:
                     stream_time = _epoch(frame["ts"])
@@ -153,7 +157,12 @@ class Rehearsals:
                     delay = started + (stream_time - first) / run.speed - self._pacer.now()
                     if delay > 0:
                         await self._pacer.sleep(delay)
+                        in_a_row = 0
+                    elif in_a_row >= YIELD_EVERY:
+                        await asyncio.sleep(0)
+                        in_a_row = 0
                     self._send(user_id, engine, frame)
+                    in_a_row += 1
             state = "finished"
         except asyncio.CancelledError:
             raise
