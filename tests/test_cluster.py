@@ -14,6 +14,7 @@ from tests.conftest import make_config
 from tests.fake_live import ScriptedSource
 from tests.fake_tts import FakeEngine, audio_for
 from tests.helpers import bearer
+from tests.test_revocation import FAST, closed_with
 from tests.test_sounds_api import upload
 from tests.test_ws import recv_type, register
 from ttboost import keys
@@ -147,6 +148,19 @@ async def test_rate_limits_hold_across_workers(workers) -> None:
     resp = await b.get("/v2/triggers/list", headers=bearer(token))  # b's own count is 1: the cluster's is 3
     assert resp.status == 429 and (await resp.json())["detail"] == "too many requests"
     assert 1 <= int(resp.headers["Retry-After"]) <= 20
+
+
+async def test_a_password_changed_through_one_worker_closes_the_socket_on_another(workers) -> None:
+    a = await workers("a", live_source=ScriptedSource(), **FAST)
+    b = await workers("b", **FAST)
+    _, token = await register(a)
+    ws = await a.ws_connect(f"/v2/ws?token={token}&demo=0")
+    assert (await recv_type(ws, "status"))["type"] == "status"
+    resp = await b.post("/v2/auth/password", headers=bearer(token),
+                        json={"current_password": "secret-pw", "new_password": "another-pw"})
+    assert resp.status == 200
+    code, _ = await closed_with(ws)
+    assert code == 4002  # token_revoked, on a worker the change never went through
 
 
 async def test_health_shows_the_cluster(workers) -> None:

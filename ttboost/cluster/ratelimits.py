@@ -34,9 +34,11 @@ class PostgresBuckets:
         self._takes = 0
 
     async def start(self, limiters: dict[str, RateLimiter]) -> None:
-        await self._db.execute("CREATE TABLE IF NOT EXISTS cluster_rate_buckets (key TEXT PRIMARY KEY, "
-                               "tokens DOUBLE PRECISION NOT NULL, updated DOUBLE PRECISION NOT NULL, "
-                               "allowed BOOLEAN NOT NULL)")
+        # Under the write lock: workers starting together would race even on IF NOT EXISTS.
+        async with self._db.transaction():
+            await self._db.execute("CREATE TABLE IF NOT EXISTS cluster_rate_buckets (key TEXT PRIMARY KEY, "
+                                   "tokens DOUBLE PRECISION NOT NULL, updated DOUBLE PRECISION NOT NULL, "
+                                   "allowed BOOLEAN NOT NULL)")
         for limiter in limiters.values():
             limiter.shared = self
 
