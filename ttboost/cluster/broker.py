@@ -15,7 +15,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.api import KeyValueConfig
-from nats.js.errors import NoKeysError
+from nats.js.errors import BadRequestError, NoKeysError
 from nats.js.kv import KeyValue
 
 _LOGGER = logging.getLogger(__name__)
@@ -23,6 +23,7 @@ _LOGGER = logging.getLogger(__name__)
 WORKERS_BUCKET: Final = "ttboost_workers"
 HEARTBEATS_PER_LEASE: Final = 3  # a worker renews its registry entry this many times per lease_seconds
 CONNECT_TIMEOUT: Final = 5.0  # seconds per connection attempt at start
+STREAM_CONFIG_DIFFERS: Final = 10058  # JetStream's error code: the stream exists with another configuration
 
 Handler = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -49,12 +50,26 @@ class Broker:
                                           max_reconnect_attempts=-1, allow_reconnect=True)
         except (OSError, asyncio.TimeoutError, nats.errors.Error) as exc:
             raise BrokerUnavailable(f"cannot reach NATS at {self.url.rpartition('@')[2]}: {exc}") from None
-        js = self._nc.jetstream()
-        # The bucket's TTL is the lease: an entry a dead worker stops renewing is gone within lease_seconds.
-        self._workers = await js.create_key_value(KeyValueConfig(bucket=WORKERS_BUCKET, ttl=self.lease_seconds))
+        self._workers = await self._workers_bucket()
         await self._beat()
         self._heartbeat = asyncio.create_task(self._beat_forever(), name="cluster-heartbeat")
         _LOGGER.info("cluster: worker %s joined through %s", self.worker_id, self.url.rpartition("@")[2])
+
+    async def _workers_bucket(self) -> KeyValue:
+        """The bucket's TTL is the lease: an entry a dead worker stops renewing is gone within lease_seconds."""
+        js = self.nc.jetstream()
+        try:
+            return await js.create_key_value(KeyValueConfig(bucket=WORKERS_BUCKET, ttl=self.lease_seconds))
+        except BadRequestError as exc:
+            if exc.err_code != STREAM_CONFIG_DIFFERS:
+                raise
+        # Made earlier with another lease_seconds (a restart with a changed config): this worker's lease wins.
+        info = await js.stream_info(f"KV_{WORKERS_BUCKET}")
+        info.config.max_age = self.lease_seconds
+        info.config.duplicate_window = self.lease_seconds  # JetStream: never longer than max_age
+        await js.update_stream(info.config)
+        _LOGGER.info("cluster: registry lease changed to %.1f s", self.lease_seconds)
+        return await js.key_value(WORKERS_BUCKET)
 
     async def close(self) -> None:
         if self._heartbeat is not None:
