@@ -202,7 +202,7 @@ def _py_spy(args: argparse.Namespace, label: str, pid: int) -> subprocess.Popen[
     if args.py_spy is None:
         return None
     args.py_spy.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--rate", "250", "--format", "raw",
+    return subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--gil", "--rate", "250", "--format", "raw",
                              "--duration", str(max(1, int(args.seconds))),
                              "--output", str(args.py_spy / f"capacity-{label}.folded")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
