@@ -283,3 +283,16 @@ async def test_a_burst_recorded_in_one_instant_reaches_the_app_whole(client, sou
         chats += frame["type"] == "chat"
     assert frame["state"] == "finished" and chats == burst
     await ws.close()
+
+
+async def test_a_rehearsal_stopped_before_it_ran_frees_the_user(client, source) -> None:
+    ws, token, stream_id, _live = await record_stream(client, source)
+    user_id = (await (await client.get("/v2/auth/me", headers=bearer(token))).json())["id"]
+    rehearsals = client.server.app[keys.REHEARSALS]
+    await rehearsals.start(user_id, stream_id, 20)
+    assert await rehearsals.stop(user_id) is True  # no await in between: its task had not started yet
+    assert not rehearsals.running(user_id)
+    resp = await client.post(f"/v2/streams/{stream_id}/rehearse", json={"speed": 20}, headers=bearer(token))
+    assert resp.status == 200
+    await recv_type(ws, "rehearsal", state="finished")
+    await ws.close()

@@ -131,6 +131,8 @@ class Rehearsals:
             return False
         run.task.cancel()
         await asyncio.gather(run.task, return_exceptions=True)
+        if self._runs.get(user_id) is run:  # cancelled before it ever ran: its own clean-up never ran either
+            del self._runs[user_id]
         return True
 
     async def close(self) -> None:
