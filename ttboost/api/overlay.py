@@ -127,12 +127,13 @@ async def overlay_ws(request: web.Request) -> web.StreamResponse:
     bus, registry = app[keys.BUS], app[keys.SOCKETS]
     registry.add_overlay(conn, store.digest(key))
     try:
+        # Attached before any await: the page may see the handshake answered and an event published right after.
+        if active:
+            bus.attach_overlay(user.id, conn)
+        else:
+            close_for_license(conn)
         if await store.owner(db, key) != user.id:  # rotated while this socket was opening: it missed the close
             conn.close(CLOSE_KEY_REVOKED, "key_revoked")
-        elif not active:
-            close_for_license(conn)
-        else:
-            bus.attach_overlay(user.id, conn)
         async for msg in ws:
             if msg.type is WSMsgType.TEXT and _is_ping(msg.data):
                 conn.send_local("pong")
