@@ -152,21 +152,27 @@ class SettingsStore:
     async def update(self, user_id: int, changes: Mapping[str, Any]) -> dict[str, Any]:
         """Applies validated changes (SettingsUpdateSchema output) and returns the full settings."""
         # Read-modify-write in one transaction: two concurrent partial updates must both land.
-        async with self._db.transaction():
-            row = await self._db.fetchone("SELECT username, settings FROM users WHERE id = ?", (user_id,))
-            if row is None:
-                raise not_found()
-            stored = _parse(row["settings"], user_id)
-            for key, value in changes.items():
-                if key not in self._defaults:
-                    raise KeyError(key)  # a programming error: handlers pass schema output only
-                if value is None:
-                    stored.pop(key, None)
-                else:
-                    stored[key] = value
-            await self._db.execute("UPDATE users SET settings = ? WHERE id = ?",
-                                   (json.dumps(stored, ensure_ascii=False), user_id))
-        full = dict(self._remember(user_id, row["username"], stored))
+        try:
+            async with self._db.transaction():
+                row = await self._db.fetchone("SELECT username, settings FROM users WHERE id = ?", (user_id,))
+                if row is None:
+                    raise not_found()
+                stored = _parse(row["settings"], user_id)
+                for key, value in changes.items():
+                    if key not in self._defaults:
+                        raise KeyError(key)  # a programming error: handlers pass schema output only
+                    if value is None:
+                        stored.pop(key, None)
+                    else:
+                        stored[key] = value
+                await self._db.execute("UPDATE users SET settings = ? WHERE id = ?",
+                                       (json.dumps(stored, ensure_ascii=False), user_id))
+                # Remembered under the write lock, so the cache follows the order of the commits: on PostgreSQL
+                # the next update can commit before this task resumes after its COMMIT.
+                full = dict(self._remember(user_id, row["username"], stored))
+        except BaseException:
+            self._cache.pop(user_id, None)  # not committed (or unknown): the next read loads what is stored
+            raise
         if self.on_change is not None:
             await self.on_change(user_id)
         return full
