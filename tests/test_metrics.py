@@ -42,6 +42,15 @@ async def test_a_forwarded_request_through_an_untrusted_proxy_is_refused(client)
         assert (await client.get("/metrics", headers={header: "127.0.0.1"})).status == 404
 
 
+@pytest.mark.parametrize("header", ["X-Real-IP", "X-Forwarded-Proto", "X-Forwarded-Host", "Via"])
+async def test_a_proxy_that_sends_no_x_forwarded_for_is_still_refused(make_client, header) -> None:
+    # nginx configured with only `proxy_set_header X-Real-IP $remote_addr` (a common snippet) forwards no
+    # X-Forwarded-For; its loopback peer must not open /metrics to the internet, trusted or not.
+    for trusted in ((), ("127.0.0.1",)):
+        client = await make_client(server={"trusted_proxies": trusted})
+        assert (await client.get("/metrics", headers={header: "203.0.113.9"})).status == 404, trusted
+
+
 async def test_http_requests_are_counted_by_route_pattern_and_status_class(client) -> None:
     _, token = await make_user(client.server.app)
     assert (await client.get("/v2/auth/me", headers=bearer(token))).status == 200
