@@ -165,6 +165,17 @@ async def test_the_overlay_key_never_reaches_the_log(client, streamer, caplog) -
     assert key not in text and "/overlay/***" in text and "key=***" in text
 
 
+async def test_a_server_error_on_the_page_does_not_log_the_key(client, streamer, caplog) -> None:
+    """The database gone (a real failure, nothing patched): the 500's traceback line names the route, not the key."""
+    key = await overlay_key(client, streamer)
+    await client.server.app[keys.DB].close()
+    resp = await client.get(f"/overlay/{key}")
+    assert resp.status == 500
+    assert (await resp.json())["code"] == "internal_error"
+    assert "unhandled error in GET /overlay/{key}" in caplog.text
+    assert key not in caplog.text
+
+
 async def test_a_licence_revoked_or_an_account_removed_reaches_open_overlays(make_client) -> None:
     client = await make_client(auth={"revocation_check_seconds": 0.05, "bcrypt_rounds": 4})
     app = client.server.app

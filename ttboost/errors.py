@@ -96,5 +96,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         headers = {k: v for k, v in exc.headers.items() if k in ("Allow", "Retry-After", "Content-Range")}
         return json_response({"detail": detail, "code": code}, status=exc.status, headers=headers)
     except Exception:  # the one place that turns a bug into a 500; details go to the log only
-        _LOGGER.exception("unhandled error in %s %s", request.method, request.path)
+        # The route's pattern, not the path: a path can hold a credential (/overlay/<key>, /ws/<token>); the
+        # redacted access-log line that follows has the rest.
+        resource = request.match_info.route.resource
+        _LOGGER.exception("unhandled error in %s %s", request.method,
+                          resource.canonical if resource is not None else "(no route)")
         return json_response({"detail": "internal server error", "code": "internal_error"}, status=500)
