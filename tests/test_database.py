@@ -11,7 +11,7 @@ from typing import AsyncIterator
 
 import pytest
 
-from ttboost.db import Database
+from ttboost.db import Database, DatabaseUnavailable, PostgresDatabase
 from ttboost.db.migrations import MIGRATIONS
 from ttboost.pipeline.bus import EventBus
 from ttboost.triggers import TriggerStore
@@ -237,3 +237,14 @@ async def test_two_processes_starting_together_run_each_migration_step_once(tmp_
             await db.close()
     finally:
         neighbour.close()
+
+
+@pytest.mark.parametrize("url", ["postgresql://tt:Secr3t/part@127.0.0.1:5432/tt",
+                                 "postgresql://tt:Secr3t#part@127.0.0.1:5432/tt",
+                                 "postgresql://tt:Secr3t@[::1/tt"])
+async def test_a_malformed_postgresql_url_fails_clearly_without_its_password(url) -> None:
+    # A password with an unescaped / or # cuts the URL short: its first part is then read as the port, and
+    # the parser's own message quoted it ("invalid literal for int(): 'Secr3t'") into the log.
+    with pytest.raises(DatabaseUnavailable) as caught:
+        await PostgresDatabase(url).open()
+    assert "Secr3t" not in str(caught.value) and "percent-encode" in str(caught.value)

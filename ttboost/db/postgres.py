@@ -55,6 +55,11 @@ class PostgresDatabase:
         except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise DatabaseUnavailable(f"cannot open PostgreSQL at {_where(self.url)}: "
                                       f"{str(exc).replace(self.url, '…') or type(exc).__name__}") from None
+        except ValueError:  # (asyncpg's ClientConfigurationError, also a ValueError, is answered above)
+            # The URL could not be parsed. Its text stays out: a password with an unescaped / or # cuts the URL
+            # short and its first part is read as the port, which the parser's message then quotes.
+            raise DatabaseUnavailable("cannot open PostgreSQL: storage.database_url is malformed (percent-encode "
+                                      "/ # ? @ : and % in the user name and password)") from None
         try:
             await self._migrate()
         except BaseException:
