@@ -51,3 +51,28 @@ async def test_an_in_memory_database_is_never_cached() -> None:
         assert len(loads) == 2
     finally:
         await db.close()
+
+
+async def test_a_database_reached_through_a_symlink_is_keyed_on_the_files_sqlite_uses(tmp_path: Path) -> None:
+    # SQLite keeps -wal and -shm beside the symlink's target. A -shm left beside the link (the database moved
+    # after a crash, a link put in its place) never changes: keyed on it, a cached account would never reload,
+    # and a changed password or a revoked licence would not reach the server.
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").mkdir()
+    sqlite3.connect(tmp_path / "real" / "t.db").close()
+    (tmp_path / "link" / "t.db").symlink_to(tmp_path / "real" / "t.db")
+    (tmp_path / "link" / "t.db-shm").write_bytes(b"\x01" * 32768)
+    db = Database(tmp_path / "link" / "t.db")
+    await db.open()
+
+    async def load() -> int:
+        return int(await db.fetchval("SELECT COUNT(*) FROM users"))
+
+    try:
+        assert await db.cached("n", load) == 0
+        other = sqlite3.connect(tmp_path / "real" / "t.db", isolation_level=None)  # the CLI, by the real path
+        other.execute("INSERT INTO users (username, created_at) VALUES ('b', 'now')")
+        other.close()
+        assert await db.cached("n", load) == 1
+    finally:
+        await db.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import os
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable, Final, Hashable, Iterable, Sequence, TypeVar
@@ -56,7 +57,10 @@ class Database:
             await self._conn.execute(f"PRAGMA {pragma}")
         await self._migrate()
         if self.path != ":memory:":
-            self._reads.open(self.path + "-shm")  # exists once WAL mode is on, while a connection is open
+            # Beside the real file, as SQLite puts it when the path is a symlink: a stale -shm beside the link
+            # would never change, and every cached read would stay as first loaded.
+            shm = await asyncio.to_thread(os.path.realpath, self.path) + "-shm"
+            self._reads.open(shm)  # exists once WAL mode is on, while a connection is open
 
     async def close(self) -> None:
         if self._conn is not None:
