@@ -145,6 +145,18 @@ async def test_password_hashing_is_bounded_and_sheds_at_once() -> None:
     assert isinstance(refused, ApiError) and refused.status == 503 and int(refused.headers["Retry-After"]) >= 1
 
 
+async def test_warm_ups_at_once_make_one_dummy_hash_and_never_shed() -> None:
+    # The app's start-up warm-up and the first unknown-user login (or a second warm-up) overlap: the later one
+    # waits for that dummy rather than queueing a second hash, which a full queue answered 503.
+    hasher = PasswordHasher(4, workers=1, queue=0)
+    try:
+        results = await asyncio.gather(*(hasher.warm_up() for _ in range(3)), return_exceptions=True)
+        assert results == [None, None, None]
+        assert await hasher.verify("whatever", None) is False
+    finally:
+        hasher.close()
+
+
 async def test_a_login_past_the_queue_gets_503_with_retry_after(make_client) -> None:
     client = await make_client(auth={"bcrypt_rounds": 4, "hash_workers": 1, "hash_queue": 0})
     hasher = client.app[keys.PASSWORDS]

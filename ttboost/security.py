@@ -66,6 +66,7 @@ class PasswordHasher:
         self._pending = 0  # hashes submitted and not finished: running + waiting
         self._seconds = 0.25  # running estimate of one hash, for Retry-After
         self._dummy: bytes | None = None
+        self._warming = asyncio.Lock()
 
     async def _run(self, func: Callable[..., _T], *args: Any) -> _T:
         waits = (self._pending // self.workers + 1) * self._seconds  # until this one is done, roughly
@@ -98,8 +99,13 @@ class PasswordHasher:
 
     async def warm_up(self) -> None:
         """Makes the dummy hash at start, so even the first unknown-user login costs one check, not two."""
-        if self._dummy is None:
-            self._dummy = (await self.hash(secrets.token_urlsafe(16))).encode("ascii")
+        # One at a time: a warm-up overlapping another (start-up's and the first unknown-user login's) waits for
+        # that one's dummy instead of queueing a second hash, which a full queue would refuse with 503.
+        if self._dummy is not None:
+            return
+        async with self._warming:
+            if self._dummy is None:
+                self._dummy = (await self.hash(secrets.token_urlsafe(16))).encode("ascii")
 
     async def verify(self, password: str, hashed: str | None) -> bool:
         """True when the password matches; with no hash, burns the same time and returns False."""
