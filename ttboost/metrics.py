@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import time
+from bisect import bisect_left
 from collections import Counter as Tally
+from itertools import accumulate
 from typing import Callable, Final, Iterable, Iterator
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.utils import INF, floatToGoString
 
 from .logsetup import CLIENT_CLOSED
 from .pipeline.bus import FrameTiming
@@ -28,12 +32,12 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         reg = self.registry
-        self._event_latency = Histogram(
-            "ttboost_event_latency_seconds", "TikTok's create time of an event to its frame written to the app",
-            ["type"], buckets=LATENCY_BUCKETS, registry=reg)
-        self._pipeline_latency = Histogram(
-            "ttboost_pipeline_latency_seconds", "Event read by the server to its frame written to the app",
-            ["type"], buckets=LATENCY_BUCKETS, registry=reg)
+        self._event_latency = _TypeHistogram(
+            "ttboost_event_latency_seconds", "TikTok's create time of an event to its frame written to the app")
+        self._pipeline_latency = _TypeHistogram(
+            "ttboost_pipeline_latency_seconds", "Event read by the server to its frame written to the app")
+        reg.register(self._event_latency)
+        reg.register(self._pipeline_latency)
         self._speech = Histogram("ttboost_speech_synthesis_seconds", "One phrase synthesized and cached",
                                  ["engine"], buckets=SPEECH_BUCKETS, registry=reg)
         self._http = Histogram("ttboost_http_request_duration_seconds", "HTTP requests (WebSocket upgrades left out)",
@@ -50,9 +54,9 @@ class Metrics:
     def frame_written(self, timing: FrameTiming, sent: float) -> None:
         """An event frame is being written to the app socket at `sent` (Unix seconds)."""
         sent_ms = sent * 1000
-        self._pipeline_latency.labels(timing.type).observe(max(0.0, sent_ms - timing.received_ms) / 1000)
+        self._pipeline_latency.observe(timing.type, max(0.0, sent_ms - timing.received_ms) / 1000)
         if timing.tiktok_ms:  # clocks of TikTok and this server differ a little: never below zero
-            self._event_latency.labels(timing.type).observe(max(0.0, sent_ms - timing.tiktok_ms) / 1000)
+            self._event_latency.observe(timing.type, max(0.0, sent_ms - timing.tiktok_ms) / 1000)
 
     def speech_done(self, engine: str, seconds: float) -> None:
         self._speech.labels(engine).observe(seconds)
@@ -68,6 +72,36 @@ class Metrics:
         # The route's pattern, never the raw path: unknown paths must not grow one series each.
         route = resource.canonical if resource is not None else "unmatched"
         self._http.labels(request.method, route, f"{status // 100}xx").observe(seconds)
+
+
+class _TypeHistogram:
+    """A latency histogram by event type, observed for every frame written to an app: plain counts per bucket,
+    summed up only at scrape time. prometheus_client's Histogram costs a `.labels()` lookup, a lock per bucket
+    and sum, and a linear bucket search per observation; at 500 sessions that was ~7 % of the server's time.
+    The exposition is the same (buckets, count, sum, created). Observed and scraped on the event loop only."""
+
+    def __init__(self, name: str, documentation: str) -> None:
+        self._name, self._doc = name, documentation
+        self._bounds = (*LATENCY_BUCKETS, INF)
+        self._les = [floatToGoString(b) for b in self._bounds]
+        self._by_type: dict[str, tuple[list[int], list[float], float]] = {}  # type → (counts, [sum], created)
+
+    def observe(self, type_: str, seconds: float) -> None:
+        entry = self._by_type.get(type_)
+        if entry is None:
+            entry = self._by_type[type_] = ([0] * len(self._bounds), [0.0], time.time())
+        entry[0][bisect_left(self._bounds, seconds)] += 1  # the first bucket with seconds <= le
+        entry[1][0] += seconds
+
+    def describe(self) -> list[Metric]:
+        return [HistogramMetricFamily(self._name, self._doc, labels=["type"])]
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self._name, self._doc, labels=["type"])
+        for type_, (counts, total, created) in self._by_type.items():
+            family.add_metric([type_], list(zip(self._les, accumulate(counts))), total[0])
+            family.add_sample(self._name + "_created", {"type": type_}, created)
+        yield family
 
 
 class _StateCollector:

@@ -171,9 +171,7 @@ class StreamRecorder:
             for key, _ref, _delta in ready:
                 del self._pending[key]
             try:
-                async with self._db.transaction():
-                    for _key, ref, delta in ready:
-                        await self._write(ref.id, delta)  # type: ignore[arg-type]
+                await self._write([(ref.id, delta) for _key, ref, delta in ready])  # type: ignore[misc]
             except BaseException:
                 for key, ref, delta in ready:  # put back in front of whatever arrived meanwhile
                     newer = self._pending.get(key)
@@ -182,21 +180,30 @@ class StreamRecorder:
                     self._pending[key] = (ref, delta)
                 raise
 
-    async def _write(self, session_id: int, delta: _Delta) -> None:
+    async def _write(self, deltas: list[tuple[int, _Delta]]) -> None:
+        """Every stream's delta in one transaction, one executemany per statement kind: at 500 LIVE streams a
+        statement per stream and kind was 1,000–2,000 round trips to the database each second."""
+        gifters = [(sid, username, name, diamonds, gifts)
+                   for sid, delta in deltas for username, (name, diamonds, gifts) in delta.gifters.items()]
+        gifts = [(sid, gift_id, name, count, diamonds)
+                 for sid, delta in deltas for (gift_id, name), (count, diamonds) in delta.gifts.items()]
+        minutes = [(sid, key, m.diamonds, m.chats, m.likes, m.viewers)
+                   for sid, delta in deltas for key, m in delta.minutes.items()]
+        chatters = [(sid, username) for sid, delta in deltas for username in delta.chatters]
         db = self._db
-        await db.execute(_UPDATE_STREAM, (*(delta.counts[c] for c in COUNTED), delta.peak_viewers,
-                                          delta.peak_viewers, delta.last_ts, delta.last_ts, session_id))
-        if delta.gifters:
-            await db.executemany(_UPSERT_GIFTER, [(session_id, username, name, diamonds, gifts)
-                                                  for username, (name, diamonds, gifts) in delta.gifters.items()])
-        if delta.gifts:
-            await db.executemany(_UPSERT_GIFT, [(session_id, gift_id, name, count, diamonds)
-                                                for (gift_id, name), (count, diamonds) in delta.gifts.items()])
-        await db.executemany(_UPSERT_MINUTE, [(session_id, key, m.diamonds, m.chats, m.likes, m.viewers)
-                                              for key, m in delta.minutes.items()])
-        if delta.chatters:
-            await db.executemany(_ADD_CHATTER, [(session_id, username) for username in delta.chatters])
-            await db.execute(_COUNT_CHATTERS, (session_id, session_id))
+        async with db.transaction():
+            await db.executemany(_UPDATE_STREAM, [(*(delta.counts[c] for c in COUNTED), delta.peak_viewers,
+                                                   delta.peak_viewers, delta.last_ts, delta.last_ts, sid)
+                                                  for sid, delta in deltas])
+            if gifters:
+                await db.executemany(_UPSERT_GIFTER, gifters)
+            if gifts:
+                await db.executemany(_UPSERT_GIFT, gifts)
+            if minutes:
+                await db.executemany(_UPSERT_MINUTE, minutes)
+            if chatters:
+                await db.executemany(_ADD_CHATTER, chatters)
+                await db.executemany(_COUNT_CHATTERS, [(sid, sid) for sid, delta in deltas if delta.chatters])
 
     async def _write_loop(self) -> None:
         while True:
