@@ -30,10 +30,11 @@ def workers(pg_url: str, nats_url: str, aiohttp_client: Any, tmp_path: Path):
     """worker(name, live_source=None) → a client of one more worker; each has its own data folder (no shared
     disk), all share the database and the broker. pg_url first: its database outlives the apps."""
 
-    async def worker(name: str, live_source: Any = None, tts_engine: Any = None,
+    async def worker(name: str, live_source: Any = None, tts_engine: Any = None, lease_seconds: float = 3,
                      **sections: dict[str, Any]) -> TestClient:
         config = make_config(tmp_path / name, storage={"database_url": pg_url},
-                             cluster={"nats_url": nats_url, "worker_id": name, "lease_seconds": 3}, **sections)
+                             cluster={"nats_url": nats_url, "worker_id": name, "lease_seconds": lease_seconds},
+                             **sections)
         return await aiohttp_client(create_app(config, live_source=live_source, tts_engine=tts_engine or FakeEngine(),
                                                reconnect_min_seconds=0.01))
 
@@ -161,6 +162,44 @@ async def test_a_password_changed_through_one_worker_closes_the_socket_on_anothe
     assert resp.status == 200
     code, _ = await closed_with(ws)
     assert code == 4002  # token_revoked, on a worker the change never went through
+
+
+async def test_a_worker_shut_down_hands_its_streamers_over_at_once(workers) -> None:
+    """The lease outlives this test (30 s): the second worker connects only because the first released it."""
+    source_a, source_b = ScriptedSource(), ScriptedSource()
+    a = await workers("a", live_source=source_a, lease_seconds=30)
+    b = await workers("b", live_source=source_b, lease_seconds=30)
+    _, token = await register(a)
+    on_a = await a.ws_connect(f"/v2/ws?token={token}")  # auto_connect: a watches @streamer
+    (await source_a.next_watch()).connect()
+    await recv_type(on_a, "status", state="connected")
+    on_b = await b.ws_connect(f"/v2/ws?token={token}")  # no sticky routing: b is asked to watch it too
+    waiting = await recv_type(on_b, "status", state="reconnecting")
+    assert "worker a" in waiting["message"] and not source_b.started  # b never opened a connection
+    await a.close()  # a graceful shutdown (SIGTERM): the sessions stop, their leases are deleted
+    (await source_b.next_watch()).connect()  # released with the watch, not a lease later
+    await recv_type(on_b, "status", state="connected")
+    await on_b.close()
+
+
+async def test_a_watch_whose_lease_was_taken_closes_its_connection(workers) -> None:
+    source = ScriptedSource()
+    a = await workers("a", live_source=source)  # renews every lease_seconds / 3 = 1 s
+    user_id, token = await register(a)
+    ws = await a.ws_connect(f"/v2/ws?token={token}")
+    watch = await source.next_watch()
+    watch.connect()
+    await recv_type(ws, "status", state="connected")
+    leases = a.app[keys.LEASES]
+    await leases.kv.put(f"user.{user_id}", b"intruder")  # as if a's lease had expired and another took it
+    try:
+        lost = await recv_type(ws, "status", state="reconnecting")
+        assert watch.cancelled  # the TikTok connection is closed: never two at once
+        retry = await recv_type(ws, "status", state="reconnecting")  # and it waits for the intruder's lease
+        assert "intruder" in retry["message"] or "intruder" in lost["message"]
+    finally:
+        await leases.kv.delete(f"user.{user_id}")
+    await ws.close()
 
 
 async def test_health_shows_the_cluster(workers) -> None:

@@ -9,8 +9,11 @@ from typing import Any
 import aiohttp
 
 from tests.audio_samples import make_mp3
+from tests.fake_tiktok import FakeTikTok
 from tests.helpers import eventually
 from tests.server_process import ServerProcess
+from tests.test_live_e2e import ANYA
+from tests.test_ws import recv_type
 
 PLAN = "nova_streamer_one_mobile"
 
@@ -61,3 +64,52 @@ async def test_three_workers_share_accounts_and_sounds_and_leave_the_registry(tm
     finally:
         for worker in workers:
             worker.kill()
+
+
+async def test_one_tiktok_connection_per_streamer_and_takeover_after_kill_9(tmp_path: Path, pg_url: str,
+                                                                            nats_url: str) -> None:
+    async with FakeTikTok() as fake:
+        fake.set_user("streamer")
+        tiktok = fake.config()
+        workers = [ServerProcess(tmp_path / name / "data", env={
+            "TTBOOST_STORAGE_DATABASE_URL": pg_url, "TTBOOST_CLUSTER_NATS_URL": nats_url,
+            "TTBOOST_CLUSTER_WORKER_ID": name, "TTBOOST_CLUSTER_LEASE_SECONDS": "1",
+            "TTBOOST_TIKTOK_SIGN_API_KEY": tiktok.sign_api_key, "TTBOOST_TIKTOK_SIGN_API_URL": tiktok.sign_api_url,
+            "TTBOOST_TIKTOK_APP_URL": tiktok.app_url, "TTBOOST_TIKTOK_WEBCAST_URL": tiktok.webcast_url,
+            "TTBOOST_TIKTOK_RECONNECT_MAX_SECONDS": "1"}) for name in ("w1", "w2")]
+        for worker in workers:
+            worker.data_dir.parent.mkdir(parents=True)
+        try:
+            await asyncio.gather(*(worker.start() for worker in workers))
+            w1, w2 = workers
+            key = await w1.issue_license(PLAN)
+            async with aiohttp.ClientSession() as http:
+                status, body = await _json(http, "POST", w1.url + "/v2/auth/redeem-license",
+                                           json={"username": "streamer", "password": "secret-pw",
+                                                 "license_key": key})
+                assert status == 200
+                token = body["access_token"]
+                # The app's socket on w1: auto_connect watches @streamer from there, under the lease.
+                on_w1 = await http.ws_connect(f"{w1.ws_url}/v2/ws?token={token}")
+                before = await recv_type(on_w1, "status", state="connected")
+                assert fake.connections == 1
+                # A second socket through w2 (no sticky routing): its watch finds the lease taken and waits.
+                on_w2 = await http.ws_connect(f"{w2.ws_url}/v2/ws?token={token}")
+                waiting = await recv_type(on_w2, "status", state="reconnecting")
+                assert "w1" in waiting["message"]
+                await fake.send_chat(ANYA, "first")
+                assert (await recv_type(on_w1, "chat"))["message"] == "first"
+                assert fake.connections == 1  # w2 tried after w1 connected, and opened nothing
+
+                w1.kill()  # kill -9: its lease expires after lease_seconds, and w2 takes the streamer over
+                after = await recv_type(on_w2, "status", state="connected")
+                assert fake.connections == 2
+                assert after["seq"] > before["seq"]
+                await fake.send_chat(ANYA, "second")
+                chat = await recv_type(on_w2, "chat")
+                assert chat["message"] == "second" and chat["seq"] > after["seq"]
+                await on_w2.close()
+                await on_w1.close()
+        finally:
+            for worker in workers:
+                worker.kill()

@@ -166,8 +166,10 @@ def _live_ctx(source: LiveSource | None, backoff_min: float, clock: Callable[[],
         else:
             live_source = source
         db = app[keys.DB]
+        leases = app.get(keys.LEASES)  # cluster mode: one TikTok connection per streamer across the workers
         live = LiveManager(live_source, dispatcher, db, config.tiktok,
-                           license_active=functools.partial(has_active_license, db), backoff_min=backoff_min)
+                           license_active=functools.partial(has_active_license, db), backoff_min=backoff_min,
+                           guard=leases.guard if leases is not None else None)
         await live.start_reaper()
         janitor = MemoryJanitor(bus=bus, live=live, sockets=app[keys.SOCKETS], settings=app[keys.SETTINGS],
                                 triggers=app[keys.TRIGGERS], actions=app[keys.ACTIONS],

@@ -8,6 +8,7 @@ from aiohttp import web
 
 if TYPE_CHECKING:  # keys only name types; importing them here would tie every module together
     from .cluster.broker import Broker
+    from .cluster.leases import SessionLeases
     from .config import Config
     from .db import AnyDatabase
     from .janitor import MemoryJanitor
@@ -55,6 +56,7 @@ OPENAPI: Final = web.AppKey["OpenApiDocument"]("openapi")
 METRICS: Final = web.AppKey["Metrics"]("metrics")
 OVERLAY_PAGE: Final = web.AppKey["OverlayPage"]("overlay_page")
 BROKER: Final = web.AppKey["Broker"]("broker")  # cluster mode only (cluster.nats_url set)
+LEASES: Final = web.AppKey["SessionLeases"]("leases")  # cluster mode only: who watches whose LIVE
 
 # Per-request storage.
 USER_ID: Final = web.RequestKey("user_id", int)  # the authenticated user, for the request log line

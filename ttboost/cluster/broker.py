@@ -57,19 +57,23 @@ class Broker:
 
     async def _workers_bucket(self) -> KeyValue:
         """The bucket's TTL is the lease: an entry a dead worker stops renewing is gone within lease_seconds."""
+        return await self.key_value(WORKERS_BUCKET, self.lease_seconds)
+
+    async def key_value(self, bucket: str, ttl: float) -> KeyValue:
+        """The JetStream key-value bucket, made with this TTL (seconds an entry lives after its last write)."""
         js = self.nc.jetstream()
         try:
-            return await js.create_key_value(KeyValueConfig(bucket=WORKERS_BUCKET, ttl=self.lease_seconds))
+            return await js.create_key_value(KeyValueConfig(bucket=bucket, ttl=ttl))
         except BadRequestError as exc:
             if exc.err_code != STREAM_CONFIG_DIFFERS:
                 raise
-        # Made earlier with another lease_seconds (a restart with a changed config): this worker's lease wins.
-        info = await js.stream_info(f"KV_{WORKERS_BUCKET}")
-        info.config.max_age = self.lease_seconds
-        info.config.duplicate_window = self.lease_seconds  # JetStream: never longer than max_age
+        # Made earlier with another TTL (a restart with a changed lease_seconds): this worker's config wins.
+        info = await js.stream_info(f"KV_{bucket}")
+        info.config.max_age = ttl
+        info.config.duplicate_window = ttl  # JetStream: never longer than max_age
         await js.update_stream(info.config)
-        _LOGGER.info("cluster: registry lease changed to %.1f s", self.lease_seconds)
-        return await js.key_value(WORKERS_BUCKET)
+        _LOGGER.info("cluster: bucket %s TTL changed to %.1f s", bucket, ttl)
+        return await js.key_value(bucket)
 
     async def close(self) -> None:
         if self._heartbeat is not None:

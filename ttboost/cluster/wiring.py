@@ -10,6 +10,7 @@ from .. import keys
 from ..db import PostgresDatabase
 from .broker import Broker
 from .changes import ChangeFeed
+from .leases import SessionLeases
 from .media import ObjectStoreReplica
 from .ratelimits import PostgresBuckets
 from .speech import ClusterSpeech
@@ -28,7 +29,9 @@ async def cluster_ctx(app: web.Application) -> AsyncIterator[None]:
         await PostgresBuckets(db).start(app[keys.LIMITERS])
         speech = ClusterSpeech(broker, app[keys.SPEECH])
         await speech.start()
-        app[keys.BROKER] = broker
+        leases = SessionLeases(broker)
+        await leases.start()
+        app[keys.BROKER], app[keys.LEASES] = broker, leases
         try:
             yield
         finally:

@@ -50,8 +50,11 @@ class _UserLocks:
 class LiveManager:
     def __init__(self, source: LiveSource, dispatcher: Dispatcher, db: Database, config: TikTokConfig, *,
                  license_active: Callable[[int], Awaitable[bool]], backoff_min: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 guard: Callable[[int, LiveSource], LiveSource] | None = None) -> None:
         self._source = source
+        # Cluster mode: wraps a user's source so that it connects only under the user's lease (cluster/leases.py)
+        self._guard = guard
         self._dispatcher = dispatcher
         self._db = db
         self._license_active = license_active
@@ -132,7 +135,8 @@ class LiveManager:
                 await current.stop(report_idle=False)  # the new session's `connecting` says what happens
             if self._closed:  # checked after the last await: close() has already stopped everything it saw
                 raise RuntimeError("the LIVE manager is closed (server shutting down)")
-            session = LiveSession(user_id, tiktok_username, source=self._source, dispatcher=self._dispatcher,
+            source = self._source if self._guard is None else self._guard(user_id, self._source)
+            session = LiveSession(user_id, tiktok_username, source=source, dispatcher=self._dispatcher,
                                   db=self._db, timing=self._timing, clock=self._clock)
             self._sessions[user_id] = session
             session.start()

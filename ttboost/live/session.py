@@ -146,7 +146,8 @@ class LiveSession:
                     reason = str(exc).removeprefix(f"@{self.tiktok_username}: ") or type(exc).__name__
                     _LOGGER.warning("live user=%s tiktok=@%s cannot reach TikTok: %s", self.user_id,
                                     self.tiktok_username, reason)
-                    self._set_state("reconnecting", backoff, note="tiktok_unreachable", reason=reason)
+                    self._set_state("reconnecting", backoff, note=getattr(exc, "note", "tiktok_unreachable"),
+                                    reason=reason)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self._timing.backoff_max)
                 continue
