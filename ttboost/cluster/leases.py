@@ -16,7 +16,7 @@ import asyncio
 import logging
 from typing import Callable, Final
 
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
 from ..fileio import run_to_end
@@ -57,14 +57,14 @@ class SessionLeases:
         """The revision of the lease now held by this worker, or None while another worker holds it."""
         try:
             return await self.kv.create(_key(user_id), self._broker.worker_id.encode())
-        except KeyWrongLastSequenceError:
+        except (KeyWrongLastSequenceError, NotFoundError):  # held; or expired while create looked: next try
             return None
 
     async def renew(self, user_id: int, revision: int) -> int | None:
         """The new revision, or None when the lease is no longer this worker's (expired and taken)."""
         try:
             return await self.kv.update(_key(user_id), self._broker.worker_id.encode(), last=revision)
-        except (KeyWrongLastSequenceError, KeyNotFoundError):
+        except (KeyWrongLastSequenceError, NotFoundError):
             return None
 
     async def release(self, user_id: int, revision: int) -> None:
@@ -77,7 +77,7 @@ class SessionLeases:
     async def holder(self, user_id: int) -> str | None:
         try:
             entry = await self.kv.get(_key(user_id))
-        except KeyNotFoundError:
+        except NotFoundError:  # gone (deleted or expired) since the create failed
             return None
         return entry.value.decode() if entry.value else None
 
@@ -100,9 +100,12 @@ class LeasedSource:
 
     async def watch(self, unique_id: str, on_event: Callable[[LiveEvent], None],
                     on_connected: Callable[[], None]) -> None:
-        revision = await self._leases.acquire(self._user_id)
+        try:
+            revision = await self._leases.acquire(self._user_id)
+            holder = None if revision is not None else await self._leases.holder(self._user_id)
+        except Exception as exc:  # NATS away for a moment: retried with the back-off like a failed connect
+            raise ConnectionDropped(f"@{unique_id}: NATS: {exc or type(exc).__name__}") from None
         if revision is None:
-            holder = await self._leases.holder(self._user_id)
             raise LeaseElsewhere(f"@{unique_id}: worker {holder or '(just released)'}")
         self._revision = revision
         watch = asyncio.create_task(self._source.watch(unique_id, on_event, on_connected),
