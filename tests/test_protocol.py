@@ -20,6 +20,7 @@ from ttboost.app import create_app
 from ttboost.protocol import AcceptErrorLog, HardenedRunner
 
 HEADER_TIMEOUT = 0.3  # seconds; shrunk so the test waits little
+BODY_TIMEOUT = 0.3
 MAX_CONNECTIONS = 6
 
 
@@ -63,7 +64,8 @@ async def closed_by_server(reader: asyncio.StreamReader) -> bool:
 
 @pytest.fixture
 async def site(tmp_path: Path) -> AsyncIterator[Site]:
-    app = create_app(make_config(tmp_path / "data"), live_source=ScriptedSource(), tts_engine=FakeEngine())
+    config = make_config(tmp_path / "data", server={"public_url": "http://testserver", "body_timeout": BODY_TIMEOUT})
+    app = create_app(config, live_source=ScriptedSource(), tts_engine=FakeEngine())
     runner = HardenedRunner(app, header_timeout=HEADER_TIMEOUT, max_connections=MAX_CONNECTIONS, access_log=None)
     await runner.setup()
     tcp = web.TCPSite(runner, "127.0.0.1", 0)
@@ -116,6 +118,22 @@ async def test_a_request_whose_headers_trickle_is_closed_and_others_are_served(s
     await writer.drain()
     assert await closed_by_server(reader)
     writer.close()
+
+
+async def test_a_json_body_that_trickles_is_answered_408(site: Site) -> None:
+    # Headers on time, then the body a byte now and then: the handler waited for it for ever, and such a
+    # connection counts as busy, so a few hundred of them shut everyone else out (503) despite header_timeout.
+    reader, writer = await site.open()
+    writer.write(b"POST /v2/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: 40\r\n\r\n{\"us")
+    await writer.drain()
+    status, headers, body = await read_response(reader)
+    assert status == 408 and headers["connection"] == "close"
+    assert json.loads(body) == {"detail": "request timeout", "code": "request_timeout"}
+    writer.close()
+    status, _headers, _body = await site.exchange(b"POST /v2/auth/login HTTP/1.1\r\nHost: x\r\n"
+                                                  b"Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
+    assert status == 422  # a body sent at once is read as ever
 
 
 async def test_the_oldest_idle_connection_makes_room(site: Site) -> None:

@@ -34,6 +34,7 @@ class ServerConfig:
     language: str = "ru"  # ru | en: texts of status/error frames
     shutdown_timeout: float = 5.0  # seconds given to open requests on shutdown
     header_timeout: float = 10.0  # seconds a connection has to deliver a request's headers; 0: no limit
+    body_timeout: float = 30.0  # seconds a JSON request body (≤ 64 KiB) has to arrive after its headers; 0: no limit
     max_connections: int = 0  # open connections at most; 0: 80 % of the open-file limit
     metrics_allow: tuple[str, ...] = ("127.0.0.0/8", "::1/128")  # who may read GET /metrics; empty: nobody
 

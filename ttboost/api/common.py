@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from aiohttp import web
@@ -24,7 +25,14 @@ async def load_body(request: web.Request, schema: BodySchema) -> dict[str, Any]:
     if not isinstance(schema, BodySchema) or documented is None or documented.body is not type(schema):
         raise RuntimeError(f"{request.method} {request.path}: load_body with {type(schema).__name__}, "
                            f"but the route's @docs body is {documented and documented.body}")
-    raw = await request.read()  # client_max_size (limits.max_body_bytes) answers 413 past the limit
+    timeout = request.app[keys.CONFIG].server.body_timeout
+    try:
+        # A body trickled a byte at a time would hold the handler, and the connection, for ever: such a
+        # connection counts as busy, so header_timeout never closes it and the connection cap never frees it.
+        async with asyncio.timeout(timeout if timeout > 0 else None):
+            raw = await request.read()  # client_max_size (limits.max_body_bytes) answers 413 past the limit
+    except TimeoutError:
+        raise ApiError(408, "request timeout", "request_timeout", headers={"Connection": "close"}) from None
     if not raw.strip():
         data: Any = {}
     else:
