@@ -35,6 +35,12 @@ class LeaseElsewhere(ConnectionDropped):
 
     note = "live_elsewhere"  # the status text says so instead of "TikTok cannot be reached"
 
+    def __init__(self, message: str, lease_seconds: float) -> None:
+        super().__init__(message)
+        # The back-off stops growing at a lease: a worker waiting for a killed holder's lease takes over within
+        # two leases however long it waited, instead of up to reconnect_max_seconds later.
+        self.retry_within = lease_seconds
+
 
 class SessionLeases:
     """The ttboost_sessions bucket: key user.<id>, value the holding worker's id."""
@@ -106,7 +112,7 @@ class LeasedSource:
         except Exception as exc:  # NATS away for a moment: retried with the back-off like a failed connect
             raise ConnectionDropped(f"@{unique_id}: NATS: {exc or type(exc).__name__}") from None
         if revision is None:
-            raise LeaseElsewhere(f"@{unique_id}: worker {holder or '(just released)'}")
+            raise LeaseElsewhere(f"@{unique_id}: worker {holder or '(just released)'}", self._leases.lease_seconds)
         self._revision = revision
         watch = asyncio.create_task(self._source.watch(unique_id, on_event, on_connected),
                                     name=f"leased-watch-{self._user_id}")
@@ -136,7 +142,7 @@ class LeasedSource:
                 kept = None
             if kept is None:
                 _LOGGER.warning("live user=%s: lease lost, closing this worker's TikTok connection", self._user_id)
-                raise LeaseElsewhere(f"@{unique_id}: lease lost")
+                raise LeaseElsewhere(f"@{unique_id}: lease lost", self._leases.lease_seconds)
             self._revision, renewed = kept, loop.time()
 
     async def _release(self, revision: int) -> None:

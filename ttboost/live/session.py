@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable, Final
@@ -149,7 +150,8 @@ class LiveSession:
                     self._set_state("reconnecting", backoff, note=getattr(exc, "note", "tiktok_unreachable"),
                                     reason=reason)
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self._timing.backoff_max)
+                # A failure may know when trying again makes sense at the latest (a cluster lease expires)
+                backoff = min(backoff * 2, self._timing.backoff_max, getattr(exc, "retry_within", math.inf))
                 continue
             # watch() returned: the LIVE ended cleanly.
             await self._after_watch("ended")
