@@ -31,7 +31,8 @@ async def test_three_workers_share_accounts_and_sounds_and_leave_the_registry(tm
                                                                               nats_url: str) -> None:
     workers = [ServerProcess(tmp_path / name / "data", env={
         "TTBOOST_STORAGE_DATABASE_URL": pg_url, "TTBOOST_CLUSTER_NATS_URL": nats_url,
-        "TTBOOST_CLUSTER_WORKER_ID": name, "TTBOOST_CLUSTER_LEASE_SECONDS": "1"}) for name in ("w1", "w2", "w3")]
+        # 3 s: a 1 s lease (renewed every 0.33 s) lapsed under a fully loaded machine and the registry read 0.
+        "TTBOOST_CLUSTER_WORKER_ID": name, "TTBOOST_CLUSTER_LEASE_SECONDS": "3"}) for name in ("w1", "w2", "w3")]
     for worker in workers:
         worker.data_dir.parent.mkdir(parents=True)
     try:
@@ -58,7 +59,7 @@ async def test_three_workers_share_accounts_and_sounds_and_leave_the_registry(tm
                 assert resp.status == 200 and await resp.read() == clip
 
             w2.kill()  # kill -9: its registry entry ends with its lease
-            assert await eventually(lambda: _workers_seen(http, w1), lambda n: n == 2) == 2
+            assert await eventually(lambda: _workers_seen(http, w1), lambda n: n == 2, timeout=10) == 2
             assert await w3.terminate() == 0  # a graceful stop leaves the registry at once
             assert await _workers_seen(http, w1) == 1
     finally:
