@@ -127,6 +127,20 @@ async def test_seq_reservation_is_raised_ahead_of_use(db) -> None:
     await first.log.close()
 
 
+async def test_a_caller_sharing_a_channels_creation_is_not_cancelled_with_its_creator(db) -> None:
+    """Two first uses at once share one creation; the first caller's request is cancelled (its client went
+    away) while the reservation is being read: the second still gets the channel, and numbers go on."""
+    bus = EventBus(db, replay_events=10, replay_seconds=60)
+    creator = asyncio.create_task(bus.channel(1))
+    await asyncio.sleep(0)  # the creator is in the database now
+    sharer = asyncio.create_task(bus.channel(1))
+    await asyncio.sleep(0)
+    creator.cancel()
+    channel = await sharer
+    assert bus.get(1) is channel and bus.publish(1, "chat", {}) == 1
+    await bus.close()
+
+
 async def failing_writes(db: Database, on: bool) -> None:
     """The database refuses every write (SQLITE_READONLY) until switched back: a transient fault."""
     await db.execute(f"PRAGMA query_only = {int(on)}")

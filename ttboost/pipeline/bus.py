@@ -153,8 +153,12 @@ class EventBus:
         if existing is not None:
             existing.touched = self._clock()  # about to be used: not released under its caller (janitor.py)
             return existing
-        if user_id in self._creating:  # two callers at once share one creation
-            return await asyncio.shield(self._creating[user_id])
+        creating = self._creating.get(user_id)
+        if creating is not None:  # two callers at once share one creation
+            await asyncio.wait([creating])  # its outcome; a cancel of this caller still ends the wait
+            if creating.cancelled():  # the creator's request was cancelled, not this one: create it here
+                return await self.channel(user_id)
+            return creating.result()
         future: asyncio.Future[Channel] = asyncio.get_running_loop().create_future()
         self._creating[user_id] = future
         try:
@@ -164,6 +168,9 @@ class EventBus:
             self._channels[user_id] = channel
             future.set_result(channel)
             return channel
+        except asyncio.CancelledError:
+            future.cancel()  # the creator's own cancel: callers sharing the creation start one of their own
+            raise
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # retrieved: waiters re-raise it, nobody logs "never retrieved"
