@@ -139,6 +139,25 @@ async def test_a_caller_sharing_a_channels_creation_is_not_cancelled_with_its_cr
     channel = await sharer
     assert bus.get(1) is channel and bus.publish(1, "chat", {}) == 1
     await bus.close()
+async def test_two_workers_channels_of_one_user_never_hand_out_one_seq_twice(db) -> None:
+    """Cluster mode: two workers' buses over one database, each with a channel of the same user (the socket on
+    one, a simulate or a rehearsal on the other), then one worker restarting."""
+    a = EventBus(db, replay_events=10, replay_seconds=60)
+    b = EventBus(db, replay_events=10, replay_seconds=60)
+    channel_a = await a.channel(1)
+    await b.channel(1)
+    seen_b = [b.publish(1, "like", {}, log=False) for _ in range(3)]
+    seen_a = [a.publish(1, "like", {}, log=False) for _ in range(SEQ_BLOCK // 2 + 1)]
+    await eventually(lambda: channel_a.renewing, lambda task: task is None)
+    seen_a += [a.publish(1, "like", {}, log=False) for _ in range(SEQ_BLOCK)]  # past a's first block
+    assert not set(seen_a) & set(seen_b) and seen_a == sorted(seen_a)
+    await b.close()  # b's give-back must not lower a's reservation below what a handed out
+    assert await db.fetchval("SELECT reserved FROM seq_blocks WHERE user_id = 1") >= max(seen_a)
+    await a.close()
+    restarted = EventBus(db, replay_events=10, replay_seconds=60)
+    await restarted.channel(1)
+    assert restarted.publish(1, "like", {}) > max(seen_a + seen_b)
+    await restarted.close()
 
 
 async def failing_writes(db: Database, on: bool) -> None:

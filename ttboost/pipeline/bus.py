@@ -143,7 +143,7 @@ class EventBus:
         await asyncio.gather(*renewals, return_exceptions=True)
         await self.log.close()
         try:
-            await self._seqs.give_back([(c.user_id, c.seq) for c in self._channels.values()])
+            await self._seqs.give_back([(c.user_id, c.seq, c.seq_top) for c in self._channels.values()])
         except Exception:  # harmless: the next start continues above the reservation, with a gap
             _LOGGER.exception("could not give back the unused seq reservations")
 
@@ -227,7 +227,10 @@ class EventBus:
             while True:
                 top = channel.seq + SEQ_BLOCK
                 try:
-                    await self._seqs.extend(channel.user_id, top)
+                    if not await self._seqs.extend(channel.user_id, channel.seq_top, top):
+                        # Another worker's channel reserved above this block: the numbers past it are theirs.
+                        last, top = await self._seqs.open(channel.user_id, channel.seq)
+                        channel.seq = max(channel.seq, last)  # a gap, never a number of theirs
                 except Exception as exc:
                     _LOGGER.error("user %s: could not store the seq reservation (%s); retrying in %.1f s",
                                   channel.user_id, exc, retry)

@@ -35,15 +35,19 @@ class SeqReservations:
                 await self._db.execute("UPDATE seq_blocks SET reserved = ? WHERE user_id = ?", (top, user_id))
         return last, top
 
-    async def extend(self, user_id: int, top: int) -> None:
-        """Raises the user's reservation to `top` (never lowers it)."""
-        await self._db.execute("UPDATE seq_blocks SET reserved = ? WHERE user_id = ? AND reserved < ?",
-                               (top, user_id, top))
+    async def extend(self, user_id: int, held: int, top: int) -> bool:
+        """Raises the user's reservation from `held`, the top this channel stored, to `top`. False when the
+        reservation is no longer this channel's: another worker's channel of the same user (cluster mode: a
+        simulate or a rehearsal on one worker, the socket on another) reserved a block above it, and the
+        numbers up to `top` are partly theirs; the caller goes on above them with open()."""
+        return bool(await self._db.execute("UPDATE seq_blocks SET reserved = ? WHERE user_id = ? AND reserved = ?",
+                                           (top, user_id, held)))
 
-    async def give_back(self, used: list[tuple[int, int]]) -> None:
-        """At a clean shutdown, after the last publish: each (user, last seq used) lowers the reservation to
-        what was used, so a graceful restart continues without a gap. Only a crash leaves one."""
+    async def give_back(self, used: list[tuple[int, int, int]]) -> None:
+        """At a clean shutdown, after the last publish: each (user, last seq used, top the channel stored)
+        lowers the reservation to what was used, so a graceful restart continues without a gap. Only a crash
+        leaves one, and so does a block another worker reserved above this one's: that is never lowered."""
         if used:
             async with self._db.transaction():
-                await self._db.executemany("UPDATE seq_blocks SET reserved = ? WHERE user_id = ?",
-                                           [(seq, user_id) for user_id, seq in used])
+                await self._db.executemany("UPDATE seq_blocks SET reserved = ? WHERE user_id = ? AND reserved = ?",
+                                           [(seq, user_id, held) for user_id, seq, held in used])
