@@ -123,7 +123,8 @@ async def overlay_ws(request: web.Request) -> web.StreamResponse:
                                max_msg_size=MAX_CLIENT_MESSAGE)
     await ws.prepare(request)
     language = pick_language(request.headers.get("Accept-Language"), config.server.language)
-    conn = Connection(ws, user, config.limits.ws_send_queue, language, kind="overlay", metrics=app[keys.METRICS])
+    conn = Connection(ws, user, config.limits.ws_send_queue, language, kind="overlay", metrics=app[keys.METRICS],
+                      read_timeout=config.limits.ws_read_timeout_seconds)
     bus, registry = app[keys.BUS], app[keys.SOCKETS]
     registry.add_overlay(conn, store.digest(key))
     try:
