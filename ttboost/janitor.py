@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Callable, Final
 
 from .live.manager import LiveManager
+from .periodic import Periodic
 from .pipeline.actions import ActionEngine
 from .pipeline.bus import EventBus
 from .settings import SettingsStore
@@ -30,8 +30,8 @@ class MemoryJanitor:
         self._bus, self._live, self._sockets = bus, live, sockets
         self._settings, self._triggers, self._actions = settings, triggers, actions
         self._busy: list[Callable[[int], bool]] = [live.busy]  # a user any of these holds is kept
-        self._interval = max(0.05, min(SWEEP_MAX_SECONDS, window_seconds / 10))
-        self._task: asyncio.Task[None] | None = None
+        self._sweeps = Periodic("memory-janitor", max(0.05, min(SWEEP_MAX_SECONDS, window_seconds / 10)),
+                                self.sweep)
 
     def keep_while(self, busy: Callable[[int], bool]) -> None:
         """Keeps every user for whom busy(user_id) holds (e.g. a running rehearsal), whatever else."""
@@ -62,18 +62,7 @@ class MemoryJanitor:
         return released
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="memory-janitor")
+        self._sweeps.start()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            try:
-                self.sweep()
-            except Exception:  # a bug here must not end the sweeps (memory would grow again)
-                _LOGGER.exception("memory: sweep failed")
+        await self._sweeps.close()

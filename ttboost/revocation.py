@@ -9,7 +9,6 @@ server cannot be told: it looks, every few seconds, at the users that have a soc
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Final
 
@@ -18,6 +17,7 @@ from .licenses import users_in_good_standing
 from .live.manager import LiveManager
 from .messages import text
 from .overlay.store import current_digests
+from .periodic import Periodic
 from .sockets import Connection, SocketRegistry
 
 _LOGGER = logging.getLogger(__name__)
@@ -40,24 +40,13 @@ class RevocationWatch:
         self._db = db
         self._sockets = sockets
         self._live = live
-        self._interval = interval
-        self._task: asyncio.Task[None] | None = None
+        self._checks = Periodic("revocation-watch", interval, self.check)
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="revocation-watch")
+        self._checks.start()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            try:
-                await self.check()
-            except Exception:  # the next round tries again; a database hiccup must not end the watch
-                _LOGGER.exception("revocation check failed")
+        await self._checks.close()
 
     async def check(self, user_id: int | None = None) -> None:
         """Checks the open sockets (of one user, e.g. right after a password change in this process)."""
