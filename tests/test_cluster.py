@@ -225,3 +225,28 @@ async def test_one_process_has_no_cluster_block(client) -> None:
 def test_cluster_config_is_checked_at_start(env: dict[str, str], needle: str) -> None:
     with pytest.raises(ConfigError, match=needle):
         load_config(None, env=env)
+
+
+async def test_the_registry_lists_every_worker_while_they_beat(nats_url: str) -> None:
+    """Reads racing a storm of heartbeats: each lists every worker (KeyValue.keys() answered [] in such a race)."""
+    from ttboost.cluster.broker import Broker
+
+    brokers = [Broker(nats_url, f"storm-{n}", lease_seconds=30) for n in range(4)]
+    for broker in brokers:
+        await broker.open()
+
+    async def storm() -> None:
+        while True:
+            await asyncio.gather(*(broker._beat() for broker in brokers[:3]))
+
+    beating = asyncio.create_task(storm())
+    try:
+        for _ in range(60):
+            assert {f"storm-{n}" for n in range(4)} <= set(await brokers[0].workers())
+        await brokers[3].close()
+        assert "storm-3" not in await brokers[0].workers()  # a goodbye is not a worker
+    finally:
+        beating.cancel()
+        await asyncio.gather(beating, return_exceptions=True)
+        for broker in brokers:
+            await broker.close()

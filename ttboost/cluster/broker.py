@@ -15,7 +15,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.api import KeyValueConfig
-from nats.js.errors import BadRequestError, NoKeysError
+from nats.js.errors import BadRequestError, KeyNotFoundError
 from nats.js.kv import KeyValue
 
 _LOGGER = logging.getLogger(__name__)
@@ -109,12 +109,26 @@ class Broker:
                 _LOGGER.warning("cluster: heartbeat failed", exc_info=True)
 
     async def workers(self) -> list[str]:
-        """The workers alive now (each renewed its entry within the last lease)."""
+        """The workers alive now (each renewed its entry within the last lease).
+
+        Not KeyValue.keys(): its end-of-keys marker races the first deliveries (consumer info can report nothing
+        pending while the entries are still on their way), and under load it answered "no workers" with three alive.
+        The stream's subject list is one request and exact; a subject whose last entry is a goodbye is skipped.
+        """
+        assert self._workers is not None
+        prefix = f"$KV.{WORKERS_BUCKET}."
+        info = await self.nc.jetstream().stream_info(f"KV_{WORKERS_BUCKET}", subjects_filter=prefix + ">")
+        keys = [subject[len(prefix):] for subject in info.state.subjects or {}]
+        alive = await asyncio.gather(*(self._alive(key) for key in keys))
+        return sorted(key for key, is_alive in zip(keys, alive) if is_alive)
+
+    async def _alive(self, key: str) -> bool:
         assert self._workers is not None
         try:
-            return sorted(await self._workers.keys())
-        except NoKeysError:
-            return []
+            await self._workers.get(key)
+        except KeyNotFoundError:  # also a deleted key: the worker said goodbye
+            return False
+        return True
 
     async def publish(self, subject: str, body: dict[str, Any]) -> None:
         await self.nc.publish(subject, json.dumps({**body, "from": self.worker_id}).encode())
