@@ -53,6 +53,14 @@ def test_unusable_database_url_stops_the_start(url: str, needle: str) -> None:
     assert "pw" not in str(info.value)  # a password in the URL is not echoed
 
 
+@pytest.mark.parametrize("key", ["query_timeout_seconds", "pool_timeout_seconds"])
+def test_postgresql_timeouts_must_be_above_zero(key: str) -> None:
+    # 0 would not mean "no limit": a statement to a dead server must never wait for ever.
+    with pytest.raises(ConfigError, match=f"storage.{key} must be above 0"):
+        load_config(None, env={f"TTBOOST_STORAGE_{key.upper()}": "0"})
+    assert getattr(load_config(None, env={f"TTBOOST_STORAGE_{key.upper()}": "0.5"}).storage, key) == 0.5
+
+
 async def test_seed_env_file_configures_the_server(tmp_path: Path) -> None:
     """An old deployment's .env in the working directory: public URL and database come from it."""
     server = ServerProcess(tmp_path / "data")

@@ -78,7 +78,7 @@ async def _server_secret(app: web.Application, name: str) -> str:
 
 async def _database_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[keys.CONFIG]
-    db = make_database(config.postgres_url, config.database_path)
+    db = make_database(config)
     await db.open()
     app[keys.DB] = db
     secret = config.auth.jwt_secret or await _server_secret(app, "jwt")

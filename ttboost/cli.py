@@ -200,7 +200,7 @@ def _read_password() -> str:
 async def _run(command: Command, config: Config, args: argparse.Namespace) -> int:
     # The server's own database: SQLite's WAL and busy_timeout, or PostgreSQL's own locking, let both write
     # safely at the same time.
-    db = make_database(config.postgres_url, config.database_path)
+    db = make_database(config)
     await db.open()
     try:
         return await command(db, config, args)

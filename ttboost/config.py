@@ -45,6 +45,11 @@ class StorageConfig:
     # empty: SQLite <data_dir>/ttboost.db; sqlite:///path (legacy env DATABASE_URL); postgresql://… (cluster mode)
     database_url: str = ""
     event_retention_days: float = 30.0  # events older than this are pruned from the event log; 0 keeps all
+    # PostgreSQL only: a statement still unanswered after this many seconds (a lock held too long, a dead or
+    # partitioned server) is cancelled and its request answers 500, and a request waits this long at most for a
+    # pooled connection (connecting included).
+    query_timeout_seconds: float = 30.0
+    pool_timeout_seconds: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -382,6 +387,9 @@ def load_config(path: str | os.PathLike[str] | None = "config.toml",
         raise ConfigError("config: auth.jwt_secret must be at least 32 characters (or empty to generate one)")
     if config.auth.revocation_check_seconds <= 0:
         raise ConfigError("config: auth.revocation_check_seconds must be above 0")
+    for key in ("query_timeout_seconds", "pool_timeout_seconds"):
+        if getattr(config.storage, key) <= 0:
+            raise ConfigError(f"config: storage.{key} must be above 0")
     if config.limits.ws_read_timeout_seconds <= 0:
         raise ConfigError("config: limits.ws_read_timeout_seconds must be above 0")
     if not 4 <= config.auth.bcrypt_rounds <= 16:

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import sqlite3
-from pathlib import Path
 
 import asyncpg
 
+from ..config import Config
 from .database import Database, Row
-from .postgres import DatabaseUnavailable, PostgresDatabase
+from .postgres import DatabaseTimeout, DatabaseUnavailable, PostgresDatabase
 
-# What a failed statement raises, whichever backend ran it (a PostgreSQL connection lost mid-call included).
-DatabaseError: tuple[type[Exception], ...] = (sqlite3.Error, asyncpg.PostgresError, asyncpg.InterfaceError)
+# What a failed statement raises, whichever backend ran it (a PostgreSQL connection lost mid-call, or a statement
+# that timed out, included).
+DatabaseError: tuple[type[Exception], ...] = (sqlite3.Error, asyncpg.PostgresError, asyncpg.InterfaceError,
+                                              DatabaseTimeout)
 # A UNIQUE, FOREIGN KEY or CHECK constraint said no.
 IntegrityError: tuple[type[Exception], ...] = (sqlite3.IntegrityError,
                                                asyncpg.IntegrityConstraintViolationError)
@@ -23,11 +25,12 @@ ValueNotStorable: tuple[type[Exception], ...] = (ValueError, UnicodeError, Overf
 AnyDatabase = Database | PostgresDatabase
 
 
-def make_database(postgres_url: str, sqlite_path: Path) -> AnyDatabase:
-    """PostgreSQL when a URL is given (config.postgres_url), else the SQLite file (not opened yet)."""
-    if postgres_url:
-        return PostgresDatabase(postgres_url)
-    return Database(sqlite_path)
+def make_database(config: Config) -> AnyDatabase:
+    """PostgreSQL when the config names it (config.postgres_url), else the SQLite file (not opened yet)."""
+    if config.postgres_url:
+        return PostgresDatabase(config.postgres_url, query_timeout=config.storage.query_timeout_seconds,
+                                pool_timeout=config.storage.pool_timeout_seconds)
+    return Database(config.database_path)
 
 
-__all__ = ["AnyDatabase", "Database", "DatabaseError", "DatabaseUnavailable", "IntegrityError", "PostgresDatabase", "Row", "ValueNotStorable", "make_database"]
+__all__ = ["AnyDatabase", "Database", "DatabaseError", "DatabaseTimeout", "DatabaseUnavailable", "IntegrityError", "PostgresDatabase", "Row", "ValueNotStorable", "make_database"]

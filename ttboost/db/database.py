@@ -15,6 +15,7 @@ import aiosqlite
 from ..fileio import create_private_file, make_private_dir
 from .migrations import MIGRATIONS
 from .readcache import ReadCache
+from .settle import settle
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -114,28 +115,15 @@ class Database:
                 except BaseException:
                     await self._rollback()
                     raise
-                error = await self._settle("COMMIT")
+                error = await settle(self.conn.execute("COMMIT"))
                 if error is not None:  # disk full, I/O error, a deferred constraint: some leave it open
                     await self._rollback()
                     raise error
             finally:
                 _IN_TRANSACTION.reset(token)
 
-    async def _settle(self, sql: str) -> BaseException | None:
-        """Runs one statement to its end even if the caller is cancelled meanwhile; returns its error."""
-        statement = asyncio.ensure_future(self.conn.execute(sql))
-        cancelled = False
-        while not statement.done():
-            try:
-                await asyncio.wait((statement,))  # unlike shield(), a cancel here leaves us waiting for it
-            except asyncio.CancelledError:
-                cancelled = True
-        if cancelled:
-            _defer_cancel()
-        return statement.exception()
-
     async def _rollback(self) -> None:
-        error = await self._settle("ROLLBACK")
+        error = await settle(self.conn.execute("ROLLBACK"))
         # "no transaction is active": BEGIN never ran, or SQLite already rolled back (e.g. disk full).
         if error is not None and self.conn.in_transaction:
             _LOGGER.error("database: ROLLBACK failed, the connection is still in a transaction: %s", error)
@@ -207,11 +195,3 @@ class Database:
             finally:
                 await dest.close()
 
-
-def _defer_cancel() -> None:
-    """Re-requests a cancel that was absorbed while a statement ran to its end, so it reaches the task at its
-    next await (uncancel first: the task's cancel count stays what its callers expect)."""
-    task = asyncio.current_task()
-    if task is not None:
-        task.uncancel()
-        task.cancel()

@@ -6,7 +6,7 @@ import asyncio
 import contextvars
 import logging
 import secrets
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 from typing import Any, AsyncIterator, Awaitable, Callable, Final, Hashable, Iterable, Sequence, TypeVar
 from urllib.parse import urlsplit
 
@@ -14,6 +14,7 @@ import asyncpg
 
 from . import dialect
 from .migrations import MIGRATIONS
+from .settle import settle
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -22,10 +23,17 @@ T = TypeVar("T")
 POOL_MAX: Final = 10  # connections per process; PostgreSQL's default limit is 100 for the whole cluster
 SECRET_BYTES: Final = 48  # as security.load_or_create_secret
 CONNECT_TIMEOUT: Final = 10.0  # seconds for one connection attempt; start-up fails clearly after it
+QUERY_TIMEOUT: Final = 30.0  # seconds one statement may take ([storage] query_timeout_seconds)
+POOL_TIMEOUT: Final = 10.0  # seconds to wait for a pooled connection, connecting included ([storage] pool_timeout_seconds)
+# A schema step may rewrite or index a large table: far longer than a request's statement, still not for ever.
+MIGRATION_TIMEOUT: Final = 3600.0  # seconds
 # Every write unit takes this transaction-scoped advisory lock first: PostgreSQL's stand-in for SQLite's
 # BEGIN IMMEDIATE, so read-then-write units (redeem, issue-web, trigger and sound quotas) stay race-free
 # across every worker of the cluster exactly as they are across the tasks of one process.
 WRITE_LOCK: Final = 0x7474_6273  # "ttbs"; any constant no other program on the database uses
+
+_BEGIN: Final = "BEGIN ISOLATION LEVEL READ COMMITTED"
+_BEGIN_READ_ONLY: Final = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
 
 # The connection of the transaction the current task is in; its statements go there, not to the pool.
 _TX_CONN: contextvars.ContextVar[asyncpg.Connection | None] = contextvars.ContextVar("ttboost_pg_tx", default=None)
@@ -33,6 +41,11 @@ _TX_CONN: contextvars.ContextVar[asyncpg.Connection | None] = contextvars.Contex
 
 class DatabaseUnavailable(Exception):
     """PostgreSQL could not be reached or refused us at start; the message holds no password."""
+
+
+class DatabaseTimeout(TimeoutError):
+    """PostgreSQL did not answer in time (a lock held too long, a dead or partitioned server): the statement
+    was cancelled, or no pooled connection came free. A request answers 500, as for any database error."""
 
 
 def _where(url: str) -> str:
@@ -45,13 +58,18 @@ def _where(url: str) -> str:
 class PostgresDatabase:
     """A pool of asyncpg connections; statements are written in SQLite's dialect and translated (dialect.py)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, query_timeout: float = QUERY_TIMEOUT, pool_timeout: float = POOL_TIMEOUT) -> None:
         self.url = url
+        self._query_timeout = query_timeout
+        self._pool_timeout = pool_timeout
         self._pool: asyncpg.Pool | None = None
 
     async def open(self) -> None:
         try:
-            self._pool = await asyncpg.create_pool(self.url, min_size=1, max_size=POOL_MAX, timeout=CONNECT_TIMEOUT)
+            # command_timeout bounds every statement: without it one that waits on a dead server (no RST ever
+            # comes through a partition) holds its request, and its pooled connection, for ever.
+            self._pool = await asyncpg.create_pool(self.url, min_size=1, max_size=POOL_MAX, timeout=CONNECT_TIMEOUT,
+                                                   command_timeout=self._query_timeout)
         except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise DatabaseUnavailable(f"cannot open PostgreSQL at {_where(self.url)}: "
                                       f"{str(exc).replace(self.url, '…') or type(exc).__name__}") from None
@@ -82,38 +100,71 @@ class PostgresDatabase:
         return int(await self.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_version"))
 
     async def _migrate(self) -> None:
-        async with self.transaction():  # the write lock also keeps two workers from migrating at once
+        # The write lock also keeps two workers from migrating at once: one waits while the other migrates.
+        async with self.transaction(lock_timeout=MIGRATION_TIMEOUT):
             version = await self.schema_version()
             for number, statements in enumerate(MIGRATIONS, start=1):
                 if number <= version:
                     continue
                 for statement in statements:
-                    await self.execute(dialect.ddl(statement))
+                    await self._execute_within(MIGRATION_TIMEOUT, dialect.ddl(statement))
                 await self.execute("DELETE FROM schema_version")
                 await self.execute("INSERT INTO schema_version (version) VALUES (?)", (number,))
                 _LOGGER.info("database migrated to version %d", number)
 
+    async def _execute_within(self, timeout: float | None, sql: str, *args: Any) -> None:
+        """One statement (in PostgreSQL's dialect) with its own time limit; None: query_timeout."""
+        async with self._conn() as conn:
+            await conn.execute(sql, *args, timeout=timeout)
+
     @asynccontextmanager
-    async def transaction(self, *, read_only: bool = False) -> AsyncIterator[None]:
+    async def transaction(self, *, read_only: bool = False,
+                          lock_timeout: float | None = None) -> AsyncIterator[None]:
         """One connection, BEGIN … COMMIT under the cluster-wide write lock, ROLLBACK on any exception.
 
+        The promise is SQLite's (database.py): if the block exits normally its writes are committed; if it
+        raises, none of them are. BEGIN, COMMIT and ROLLBACK run to their end even under a cancel (which then
+        reaches the caller at its next await): asyncpg's own Transaction would have the server cancel a COMMIT
+        in flight and raise CancelledError whether or not it had committed, and a caller that re-queues its
+        rows on failure would write them twice. One limit stays: a COMMIT that times out or loses its
+        connection is reported as failed, though the server may have committed it.
+
         read_only: a REPEATABLE READ snapshot without the lock (backups and copies read one moment).
+        lock_timeout: seconds to wait for the write lock; None: query_timeout, as any statement.
         """
         if _TX_CONN.get() is not None:
             raise RuntimeError("nested transaction")
-        async with self.pool.acquire() as conn:
-            tx = conn.transaction(isolation="repeatable_read" if read_only else "read_committed",
-                                  readonly=read_only)
+        async with self._pooled() as conn:
             token = _TX_CONN.set(conn)
             try:
-                # asyncpg's Transaction rolls back on any exception, cancellation included, and a failed
-                # COMMIT raises here: nothing half-done stays behind on the pooled connection.
-                async with tx:
+                try:
+                    await self._settled(conn, _BEGIN_READ_ONLY if read_only else _BEGIN)
                     if not read_only:
-                        await conn.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK)
+                        await self._execute_within(lock_timeout, "SELECT pg_advisory_xact_lock($1)", WRITE_LOCK)
                     yield
+                except BaseException:
+                    await self._rollback(conn)
+                    raise
+                await self._settled(conn, "COMMIT")  # a failed COMMIT has ended the transaction: nothing to undo
             finally:
                 _TX_CONN.reset(token)
+
+    async def _control(self, conn: asyncpg.Connection, sql: str) -> None:
+        """Runs BEGIN, COMMIT, ROLLBACK and the savepoint statements (fault tests hold some of them here)."""
+        await conn.execute(sql)
+
+    async def _settled(self, conn: asyncpg.Connection, sql: str) -> None:
+        """A control statement run to its end whatever cancels arrive meanwhile (settle.py); raises its error."""
+        error = await settle(self._control(conn, sql))
+        if error is not None:
+            raise self._timed_out(error)
+
+    async def _rollback(self, conn: asyncpg.Connection) -> None:
+        try:
+            await self._settled(conn, "ROLLBACK")  # "no transaction in progress" is only a warning
+        except Exception as exc:
+            # The pool resets the connection when it comes back (ROLLBACK again), or closes it if that fails.
+            _LOGGER.error("database: ROLLBACK failed: %s", exc)
 
     @asynccontextmanager
     async def savepoint(self) -> AsyncIterator[None]:
@@ -121,17 +172,46 @@ class PostgresDatabase:
         conn = _TX_CONN.get()
         if conn is None:
             raise RuntimeError("savepoint outside a transaction")
-        async with conn.transaction():  # nested asyncpg transaction = SAVEPOINT … RELEASE / ROLLBACK TO
+        await self._settled(conn, "SAVEPOINT ttboost_sp")
+        try:
             yield
+        except BaseException:
+            await self._settled(conn, "ROLLBACK TO SAVEPOINT ttboost_sp")
+            await self._settled(conn, "RELEASE SAVEPOINT ttboost_sp")
+            raise
+        await self._settled(conn, "RELEASE SAVEPOINT ttboost_sp")
+
+    @asynccontextmanager
+    async def _pooled(self) -> AsyncIterator[asyncpg.Connection]:
+        try:
+            conn = await self.pool.acquire(timeout=self._pool_timeout)
+        except TimeoutError:
+            raise DatabaseTimeout(f"no PostgreSQL connection came free within {self._pool_timeout:g} s "
+                                  f"({_where(self.url)})") from None
+        try:
+            yield conn
+        finally:
+            # Handed back (reset, or closed if that fails) to its end, keeping a cancel for the caller's next
+            # await: a transaction whose COMMIT worked must not then raise CancelledError on its way out.
+            error = await settle(self.pool.release(conn))
+            if error is not None:
+                _LOGGER.error("database: a connection could not be handed back to the pool: %s", error)
 
     @asynccontextmanager
     async def _conn(self) -> AsyncIterator[asyncpg.Connection]:
-        conn = _TX_CONN.get()
-        if conn is not None:
-            yield conn
-        else:
-            async with self.pool.acquire() as pooled:
-                yield pooled
+        """The connection for one statement: the current transaction's, or one from the pool."""
+        tx = _TX_CONN.get()
+        async with nullcontext(tx) if tx is not None else self._pooled() as conn:
+            try:
+                yield conn
+            except TimeoutError as exc:  # the statement's own command_timeout: it is one statement's block
+                raise self._timed_out(exc) from None
+
+    def _timed_out(self, error: BaseException) -> BaseException:
+        """asyncpg's bare TimeoutError of a statement as a DatabaseTimeout that says what and where."""
+        if isinstance(error, TimeoutError) and not isinstance(error, DatabaseTimeout):
+            return DatabaseTimeout(f"PostgreSQL did not answer within {self._query_timeout:g} s ({_where(self.url)})")
+        return error
 
     async def shared_secret(self, name: str) -> str:
         """A generated secret every worker reads alike (no shared disk for data/*.secret), made once.
