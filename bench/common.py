@@ -236,6 +236,31 @@ def insert_users(db_path: Path, usernames: Iterable[str], *, settings: Mapping[s
     return ids
 
 
+async def insert_users_pg(database_url: str, usernames: Iterable[str], *, settings: Mapping[str, Any] | None = None,
+                          plan: str = PLAN, days: int = 30) -> list[int]:
+    """insert_users for a cluster's PostgreSQL database (the workers have made the schema): one transaction."""
+    import asyncpg
+
+    from ttboost.security import generate_license_key
+
+    now = datetime.now(timezone.utc)
+    settings_json = json.dumps(dict(settings or {}))
+    conn = await asyncpg.connect(database_url)
+    ids: list[int] = []
+    try:
+        async with conn.transaction():
+            for name in usernames:
+                user_id = await conn.fetchval("INSERT INTO users (username, settings, created_at)"
+                                              " VALUES ($1, $2, $3) RETURNING id", name, settings_json, _iso(now))
+                await conn.execute("INSERT INTO licenses (key, plan, status, issued_at, expires_at, user_id)"
+                                   " VALUES ($1, $2, 'active', $3, $4, $5)", generate_license_key(), plan,
+                                   _iso(now), _iso(now + timedelta(days=days)), user_id)
+                ids.append(int(user_id))
+    finally:
+        await conn.close()
+    return ids
+
+
 def tokens(user_ids: Iterable[int]) -> list[str]:
     """Bearer tokens the server accepts (same secret, token_version 0)."""
     from ttboost.security import TokenService

