@@ -42,11 +42,19 @@ def pg_server() -> Iterator[PgServer]:
 
 
 @pytest.fixture(scope="session")
-def nats_url() -> Iterator[str]:
+def nats_server() -> Iterator[NatsServer]:
     """One NATS server (JetStream on) for the whole session, started on first use only."""
     server = NatsServer()
-    yield server.url
+    yield server
     server.stop()
+
+
+@pytest.fixture
+async def nats_url(nats_server: NatsServer) -> AsyncIterator[str]:
+    """The NATS server with JetStream emptied for this test, as the fresh database of pg_url is: each test's
+    user ids start at 1 again, and a lease, a watch or frames of an earlier test's user 1 must not be found."""
+    await nats_server.wipe()
+    yield nats_server.url
 
 
 @pytest.fixture

@@ -45,6 +45,18 @@ class NatsServer:
                     raise RuntimeError("nats-server did not start") from None
                 time.sleep(0.05)
 
+    async def wipe(self) -> None:
+        """Deletes every JetStream stream (key-value buckets and object stores are streams too)."""
+        import nats
+
+        nc = await nats.connect(self.url)
+        try:
+            js = nc.jetstream()
+            for info in await js.streams_info():
+                await js.delete_stream(info.config.name)
+        finally:
+            await nc.close()
+
     def stop(self) -> None:
         if self._proc.poll() is None:
             self._proc.terminate()

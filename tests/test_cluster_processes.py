@@ -13,7 +13,7 @@ from tests.fake_tiktok import FakeTikTok
 from tests.helpers import eventually
 from tests.server_process import ServerProcess
 from tests.test_live_e2e import ANYA
-from tests.test_ws import recv_type
+from tests.test_ws import recv, recv_type
 
 PLAN = "nova_streamer_one_mobile"
 
@@ -67,8 +67,18 @@ async def test_three_workers_share_accounts_and_sounds_and_leave_the_registry(tm
             worker.kill()
 
 
-async def test_one_tiktok_connection_per_streamer_and_takeover_after_kill_9(tmp_path: Path, pg_url: str,
-                                                                            nats_url: str) -> None:
+async def _frames_until(ws: aiohttp.ClientWebSocketResponse, seen: list[dict[str, Any]], type_: str,
+                       **match: Any) -> dict[str, Any]:
+    """recv_type that keeps every frame it reads in seen (the app's whole view, to check seq on)."""
+    while True:
+        frame = await recv(ws, timeout=15)
+        seen.append(frame)
+        if frame["type"] == type_ and all(frame.get(k) == v for k, v in match.items()):
+            return frame
+
+
+async def test_one_tiktok_connection_per_streamer_and_nothing_lost_when_workers_die(tmp_path: Path, pg_url: str,
+                                                                                    nats_url: str) -> None:
     async with FakeTikTok() as fake:
         fake.set_user("streamer")
         tiktok = fake.config()
@@ -77,12 +87,13 @@ async def test_one_tiktok_connection_per_streamer_and_takeover_after_kill_9(tmp_
             "TTBOOST_CLUSTER_WORKER_ID": name, "TTBOOST_CLUSTER_LEASE_SECONDS": "1",
             "TTBOOST_TIKTOK_SIGN_API_KEY": tiktok.sign_api_key, "TTBOOST_TIKTOK_SIGN_API_URL": tiktok.sign_api_url,
             "TTBOOST_TIKTOK_APP_URL": tiktok.app_url, "TTBOOST_TIKTOK_WEBCAST_URL": tiktok.webcast_url}) for name in
-            ("w1", "w2")]
+            ("w1", "w2", "w3")]
         for worker in workers:
             worker.data_dir.parent.mkdir(parents=True)
+        seen: list[dict[str, Any]] = []  # every frame the app got, on whichever worker
         try:
             await asyncio.gather(*(worker.start() for worker in workers))
-            w1, w2 = workers
+            w1, w2, w3 = workers
             key = await w1.issue_license(PLAN)
             async with aiohttp.ClientSession() as http:
                 status, body = await _json(http, "POST", w1.url + "/v2/auth/redeem-license",
@@ -90,31 +101,43 @@ async def test_one_tiktok_connection_per_streamer_and_takeover_after_kill_9(tmp_
                                                  "license_key": key})
                 assert status == 200
                 token = body["access_token"]
-                # The app's socket on w1: auto_connect watches @streamer from there, under the lease.
+                # The app's first socket on w1: w1 becomes the user's home and watches @streamer.
                 on_w1 = await http.ws_connect(f"{w1.ws_url}/v2/ws?token={token}")
-                before = await recv_type(on_w1, "status", state="connected")
-                assert fake.connections == 1
-                # A second socket through w2 (no sticky routing): its watch finds the lease taken and waits.
-                on_w2 = await http.ws_connect(f"{w2.ws_url}/v2/ws?token={token}")
-                waiting = await recv_type(on_w2, "status", state="reconnecting")
-                assert "w1" in waiting["message"]
+                await _frames_until(on_w1, seen, "status", state="connected")
+                # The app comes back through w2 (no sticky routing): w1 keeps the TikTok connection.
+                on_w2 = await http.ws_connect(f"{w2.ws_url}/v2/ws?token={token}&since={seen[-1]['seq']}")
+                assert (await on_w1.receive(timeout=10)).data == 4001  # one app socket per user in the cluster
                 await fake.send_chat(ANYA, "first")
-                assert (await recv_type(on_w1, "chat"))["message"] == "first"
-                assert fake.connections == 1  # w2 tried after w1 connected, and opened nothing
-                for _ in range(3):  # w2 keeps waiting: its back-off grows (1, 2 s, …) but never past a lease
-                    assert (await recv_type(on_w2, "status", state="reconnecting"))["retry_in"] <= 1
+                assert (await _frames_until(on_w2, seen, "chat"))["message"] == "first"
+                assert fake.connections == 1
 
-                w1.kill()  # kill -9: its lease expires after lease_seconds, and w2 takes the streamer over
-                after = await recv_type(on_w2, "status", state="connected")
-                assert fake.connections == 2
-                assert after["seq"] > before["seq"]
-                await fake.send_chat(ANYA, "second")
-                chat = await recv_type(on_w2, "chat")
-                assert chat["message"] == "second" and chat["seq"] > after["seq"]
+                w2.kill()  # kill -9 of the app's own worker: the LIVE goes on at w1 meanwhile
+                last = seen[-1]["seq"]
+                await fake.send_chat(ANYA, "missed-1")
+                await fake.send_chat(ANYA, "missed-2")
+                on_w3 = await http.ws_connect(f"{w3.ws_url}/v2/ws?token={token}&since={last}")
+                missed = [await _frames_until(on_w3, seen, "chat"), await _frames_until(on_w3, seen, "chat")]
+                assert [f["message"] for f in missed] == ["missed-1", "missed-2"]  # nothing lost in the window
+
+                w1.kill()  # kill -9 of the home: w3, where the app is, takes the streamer over after the lease
+                await _frames_until(on_w3, seen, "status", state="reconnecting")
+                await _frames_until(on_w3, seen, "status", state="connected")
+                assert fake.connections == 2  # the dead worker's connection, then w3's: never two at once
+                await fake.send_chat(ANYA, "after")
+                assert (await _frames_until(on_w3, seen, "chat"))["message"] == "after"
+                # seq rises and is never reused: a number seen again is the same frame (a new socket gets the
+                # current status once more, with its seq), and each new number is above every earlier one.
+                by_seq: dict[int, dict[str, Any]] = {}
+                for frame in (f for f in seen if "seq" in f):
+                    if frame["seq"] in by_seq:
+                        assert by_seq[frame["seq"]] == frame, (frame, by_seq[frame["seq"]])
+                    else:
+                        assert not by_seq or frame["seq"] > max(by_seq), (frame, max(by_seq))
+                        by_seq[frame["seq"]] = frame
+                await on_w3.close()
                 await on_w2.close()
                 await on_w1.close()
-                # A graceful stop deletes the lease at once: no later test on this NATS server waits for it.
-                assert await w2.terminate() == 0
+                assert await w3.terminate() == 0
         finally:
             for worker in workers:
                 worker.kill()

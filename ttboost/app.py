@@ -24,7 +24,7 @@ from .api import streams as streams_api
 from .api import triggers as triggers_api
 from .api import tts as tts_api
 from .config import Config
-from .cluster.wiring import cluster_ctx
+from .cluster.wiring import cluster_ctx, homes_ctx
 from .db import PostgresDatabase, make_database
 from .licenses import has_active_license
 from .live.manager import LiveManager
@@ -34,6 +34,7 @@ from .pipeline.actions import ActionEngine
 from .pipeline.bus import EventBus
 from .pipeline.dispatch import Dispatcher
 from .errors import error_middleware
+from .home import LocalHome
 from .janitor import MemoryJanitor
 from .metrics import Metrics, app_state
 from .overlay.page import OverlayPage
@@ -166,10 +167,8 @@ def _live_ctx(source: LiveSource | None, backoff_min: float, clock: Callable[[],
         else:
             live_source = source
         db = app[keys.DB]
-        leases = app.get(keys.LEASES)  # cluster mode: one TikTok connection per streamer across the workers
         live = LiveManager(live_source, dispatcher, db, config.tiktok,
-                           license_active=functools.partial(has_active_license, db), backoff_min=backoff_min,
-                           guard=leases.guard if leases is not None else None)
+                           license_active=functools.partial(has_active_license, db), backoff_min=backoff_min)
         await live.start_reaper()
         janitor = MemoryJanitor(bus=bus, live=live, sockets=app[keys.SOCKETS], settings=app[keys.SETTINGS],
                                 triggers=app[keys.TRIGGERS], actions=app[keys.ACTIONS],
@@ -177,6 +176,7 @@ def _live_ctx(source: LiveSource | None, backoff_min: float, clock: Callable[[],
         await janitor.start()
         app[keys.BUS], app[keys.DISPATCHER], app[keys.LIVE], app[keys.JANITOR] = bus, dispatcher, live, janitor
         app[keys.RECORDER] = recorder
+        app[keys.HOME] = LocalHome(app)  # cluster mode: homes_ctx puts the cluster's in its place
         yield
         await janitor.close()
         await live.close()
@@ -258,6 +258,8 @@ def create_app(config: Config, *, live_source: LiveSource | None = None, tts_eng
     if config.cluster.nats_url:
         app.cleanup_ctx.append(cluster_ctx)
     app.cleanup_ctx.append(_live_ctx(live_source, reconnect_min_seconds, clock))
+    if config.cluster.nats_url:
+        app.cleanup_ctx.append(homes_ctx)
     app.cleanup_ctx.append(_rehearsals_ctx(rehearsal_pacer))
     app.cleanup_ctx.append(_revocation_ctx)
     app[keys.OPENAPI] = openapi.OpenApiDocument()

@@ -11,6 +11,7 @@ if TYPE_CHECKING:  # keys only name types; importing them here would tie every m
     from .cluster.leases import SessionLeases
     from .config import Config
     from .db import AnyDatabase
+    from .home import Home
     from .janitor import MemoryJanitor
     from .live.manager import LiveManager
     from .metrics import Metrics
@@ -56,7 +57,8 @@ OPENAPI: Final = web.AppKey["OpenApiDocument"]("openapi")
 METRICS: Final = web.AppKey["Metrics"]("metrics")
 OVERLAY_PAGE: Final = web.AppKey["OverlayPage"]("overlay_page")
 BROKER: Final = web.AppKey["Broker"]("broker")  # cluster mode only (cluster.nats_url set)
-LEASES: Final = web.AppKey["SessionLeases"]("leases")  # cluster mode only: who watches whose LIVE
+LEASES: Final = web.AppKey["SessionLeases"]("leases")  # cluster mode only: each user's home worker
+HOME: Final = web.AppKey["Home"]("home")  # where a user's session runs: this process, or its home worker
 
 # Per-request storage.
 USER_ID: Final = web.RequestKey("user_id", int)  # the authenticated user, for the request log line

@@ -138,38 +138,14 @@ async def _serve(request: web.Request, user: User, *, demo: bool, since: int | N
 
 async def _start_stream(app: web.Application, conn: Connection, *, since: int, demo: bool) -> None:
     """Replays what the app missed (the socket joins the live stream once the replay has caught up), then
-    starts the LIVE watch or the demo."""
+    starts the LIVE watch (where the user's home is) or the demo."""
     user_id = conn.user.id
-    bus = app[keys.BUS]
     _replay(app, conn, since)
-    started = not demo and await auto_connect(app, user_id)
-    if not started and bus.get(user_id).state is None:  # type: ignore[union-attr]
-        await _report_idle(app, user_id)  # every socket learns a state first, demo ones too
+    await app[keys.HOME].run(user_id, "app_opened", {"demo": demo, "language": conn.language})
     if demo:
         limits = app[keys.CONFIG].limits
         conn.demo = asyncio.create_task(run_demo(app[keys.DISPATCHER], user_id, limits.demo_min_seconds,
                                                  limits.demo_max_seconds), name=f"demo-{user_id}")
-
-
-async def auto_connect(app: web.Application, user_id: int) -> bool:
-    """Starts the LIVE watch as `auto_connect` promises, if it is on and no watch runs; True if it started.
-
-    Runs when an app socket opens and when the streamer switches auto_connect on while one is open. A watch
-    that ended in an error (user not found, blocked) gets a new try here: the streamer may have fixed the
-    username or the block in between.
-    """
-    settings = await app[keys.SETTINGS].get(user_id)
-    session = app[keys.LIVE].session(user_id)
-    if (session is not None and session.running) or not settings.get("auto_connect") \
-            or not settings.get("tiktok_username"):
-        return False
-    await app[keys.LIVE].start(user_id, settings["tiktok_username"], auto=True)
-    return True
-
-
-async def _report_idle(app: web.Application, user_id: int) -> None:
-    settings = await app[keys.SETTINGS].get(user_id)
-    app[keys.DISPATCHER].status(user_id, "idle", tiktok_username=settings.get("tiktok_username") or "")
 
 
 def _replay(app: web.Application, conn: Connection, since: int) -> None:
@@ -207,12 +183,7 @@ async def _handle(app: web.Application, conn: Connection, data: str) -> None:
     elif action == "connect_tiktok":
         await _connect_tiktok(app, conn, message.get("username"))
     elif action == "disconnect_tiktok":
-        channel = app[keys.BUS].get(user_id)
-        before = channel.last_status if channel is not None else None
-        await app[keys.LIVE].stop(user_id)  # a running session reports idle itself as it stops
-        # Always answered with a status frame (the original app waits for one): idle again when nothing ran.
-        if channel is None or channel.last_status is before:
-            await _report_idle(app, user_id)
+        await app[keys.HOME].run(user_id, "disconnect", {})
     else:
         conn.send_local("error", code="bad_request", message=text("bad_request", language))
 
@@ -236,4 +207,4 @@ async def _connect_tiktok(app: web.Application, conn: Connection, raw_username: 
     if not await has_active_license(app[keys.DB], user_id):
         conn.send_local("error", code="license_expired", message=text("license_expired", language))
         return
-    await app[keys.LIVE].start(user_id, username)
+    await app[keys.HOME].run(user_id, "connect", {"username": username})

@@ -61,15 +61,5 @@ async def simulate(request: web.Request) -> web.Response:
     await limit_by_user(request, "simulate", user)
     data = await load_body(request, SimulateSchema())
     await require_active_license(request.app[keys.DB], user.id)  # it reaches the socket and may speak
-    dispatcher = request.app[keys.DISPATCHER]
-    await dispatcher.prepare(user.id)
-    event = simulated_event(data)
-    # Simulating viewer_first_message tests that trigger: the viewer counts as new to the stream every time.
-    # live=False: a simulated event is no part of the LIVE's history or figures.
-    published = dispatcher.dispatch_all(user.id, event, first_message=data["type"] == "viewer_first_message" or None,
-                                        live=False)
-    (seq, _), *follow_up = published
-    body: dict[str, Any] = {"status": "ok", "seq": seq, "event": {"type": event.type, **event.to_payload()}}
-    for follow_seq, follow in follow_up:
-        body[follow.type] = {"seq": follow_seq, "event": {"type": follow.type, **follow.to_payload()}}
+    body = await request.app[keys.HOME].run(user.id, "simulate", data)  # where the user's frames are numbered
     return json_response(body)

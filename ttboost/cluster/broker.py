@@ -109,26 +109,22 @@ class Broker:
                 _LOGGER.warning("cluster: heartbeat failed", exc_info=True)
 
     async def workers(self) -> list[str]:
-        """The workers alive now (each renewed its entry within the last lease).
+        """The workers alive now (each renewed its entry within the last lease)."""
+        assert self._workers is not None
+        return await self.live_keys(WORKERS_BUCKET, self._workers)
+
+    async def live_keys(self, bucket: str, kv: KeyValue) -> list[str]:
+        """The keys of a key-value bucket that hold a value now (not deleted, not expired), sorted.
 
         Not KeyValue.keys(): its end-of-keys marker races the first deliveries (consumer info can report nothing
         pending while the entries are still on their way), and under load it answered "no workers" with three alive.
-        The stream's subject list is one request and exact; a subject whose last entry is a goodbye is skipped.
+        The stream's subject list is one request and exact; a subject whose last entry is a delete is skipped.
         """
-        assert self._workers is not None
-        prefix = f"$KV.{WORKERS_BUCKET}."
-        info = await self.nc.jetstream().stream_info(f"KV_{WORKERS_BUCKET}", subjects_filter=prefix + ">")
+        prefix = f"$KV.{bucket}."
+        info = await self.nc.jetstream().stream_info(f"KV_{bucket}", subjects_filter=prefix + ">")
         keys = [subject[len(prefix):] for subject in info.state.subjects or {}]
-        alive = await asyncio.gather(*(self._alive(key) for key in keys))
-        return sorted(key for key, is_alive in zip(keys, alive) if is_alive)
-
-    async def _alive(self, key: str) -> bool:
-        assert self._workers is not None
-        try:
-            await self._workers.get(key)
-        except KeyNotFoundError:  # also a deleted key: the worker said goodbye
-            return False
-        return True
+        alive = await asyncio.gather(*(_has_value(kv, key) for key in keys))
+        return sorted(key for key, has in zip(keys, alive) if has)
 
     async def publish(self, subject: str, body: dict[str, Any]) -> None:
         await self.nc.publish(subject, json.dumps({**body, "from": self.worker_id}).encode())
@@ -148,3 +144,11 @@ class Broker:
 
     async def flush(self) -> None:
         await self.nc.flush()
+
+
+async def _has_value(kv: KeyValue, key: str) -> bool:
+    try:
+        await kv.get(key)
+    except KeyNotFoundError:  # also a deleted key (a worker that said goodbye, a watch stopped on purpose)
+        return False
+    return True

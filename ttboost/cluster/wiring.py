@@ -10,6 +10,7 @@ from .. import keys
 from ..db import PostgresDatabase
 from .broker import Broker
 from .changes import ChangeFeed
+from .homes import Homes
 from .leases import SessionLeases
 from .media import ObjectStoreReplica
 from .ratelimits import PostgresBuckets
@@ -38,6 +39,16 @@ async def cluster_ctx(app: web.Application) -> AsyncIterator[None]:
             await speech.close()
     finally:
         await broker.close()
+
+
+async def homes_ctx(app: web.Application) -> AsyncIterator[None]:
+    """After the LIVE sessions (it needs the bus and the live manager), so that at shutdown it hands every user
+    over before they close."""
+    homes = Homes(app, app[keys.BROKER], app[keys.LEASES])
+    await homes.start()
+    app[keys.HOME] = homes
+    yield
+    await homes.close()
 
 
 async def health_block(app: web.Application) -> dict[str, object] | None:

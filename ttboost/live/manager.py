@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any, AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any, AsyncIterator, Awaitable, Callable, Coroutine, Protocol
 
 from ..config import TikTokConfig
 from ..db import Database
@@ -47,14 +47,22 @@ class _UserLocks:
                 del self._locks[user_id]
 
 
+class Watches(Protocol):
+    """Cluster mode (cluster/homes.py): which watches should run, so that another worker can take one over."""
+
+    def started(self, user_id: int, tiktok_username: str, auto: bool) -> None: ...
+
+    def stopped(self, user_id: int) -> None: ...
+
+
 class LiveManager:
     def __init__(self, source: LiveSource, dispatcher: Dispatcher, db: Database, config: TikTokConfig, *,
                  license_active: Callable[[int], Awaitable[bool]], backoff_min: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic,
-                 guard: Callable[[int, LiveSource], LiveSource] | None = None) -> None:
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._source = source
-        # Cluster mode: wraps a user's source so that it connects only under the user's lease (cluster/leases.py)
-        self._guard = guard
+        self.watches: Watches | None = None
+        # Cluster mode: an app socket on another worker says it is there every third of this (cluster/homes.py)
+        self.presence_seconds = 0.0
         self._dispatcher = dispatcher
         self._db = db
         self._license_active = license_active
@@ -67,6 +75,7 @@ class LiveManager:
         self._auto: set[int] = set()  # users whose watch was started by auto_connect, not by connect_tiktok
         self._apps: dict[int, int] = {}  # user id -> open app sockets
         self._left_at: dict[int, float] = {}  # user id -> when the last app socket closed
+        self._elsewhere: dict[int, float] = {}  # user id -> when an app socket on another worker last said so
         self._locks = _UserLocks()  # start/stop/switch of one user's session never interleave
         self._closed = False
         self._reaper: asyncio.Task[None] | None = None
@@ -96,12 +105,13 @@ class LiveManager:
         return self._sessions.get(user_id)
 
     def cached_users(self) -> set[int]:
-        return set(self._sessions) | set(self._auto) | set(self._apps) | set(self._left_at)
+        return set(self._sessions) | set(self._auto) | set(self._apps) | set(self._left_at) | set(self._elsewhere)
 
     def busy(self, user_id: int) -> bool:
         """Whether the user has an app socket, a running watch, or a start/stop under way."""
         session = self._sessions.get(user_id)
-        return user_id in self._apps or user_id in self._locks or (session is not None and session.running)
+        return user_id in self._apps or user_id in self._locks or (session is not None and session.running) \
+            or self.app_elsewhere(user_id)
 
     def forget(self, user_id: int) -> None:
         """Drops what is kept of a user who is not busy(): a watch that ended in error (its combo and
@@ -110,16 +120,19 @@ class LiveManager:
             self._sessions.pop(user_id, None)
             self._auto.discard(user_id)
             self._left_at.pop(user_id, None)
+            self._elsewhere.pop(user_id, None)
 
     def auto_started(self, user_id: int) -> bool:
         """Whether the user's running watch was started by auto_connect (an app connecting), not asked for."""
         return user_id in self._auto and self.session(user_id) is not None
 
-    async def start(self, user_id: int, tiktok_username: str, *, auto: bool = False) -> LiveSession:
+    async def start(self, user_id: int, tiktok_username: str, *, auto: bool = False,
+                    taken_over: bool = False) -> LiveSession:
         """Idempotent: the same user watching the same name keeps its session; another name switches.
 
         auto: started by auto_connect rather than by the streamer's connect_tiktok; an explicit start of a
-        running automatic watch makes it explicit (switching auto_connect off then leaves it running)."""
+        running automatic watch makes it explicit (switching auto_connect off then leaves it running).
+        taken_over: the watch ran on another worker until now (cluster mode): the app sees `reconnecting`."""
         await self._dispatcher.prepare(user_id)
         async with self._locks.hold(user_id):
             current = self._sessions.get(user_id)
@@ -135,11 +148,12 @@ class LiveManager:
                 await current.stop(report_idle=False)  # the new session's `connecting` says what happens
             if self._closed:  # checked after the last await: close() has already stopped everything it saw
                 raise RuntimeError("the LIVE manager is closed (server shutting down)")
-            source = self._source if self._guard is None else self._guard(user_id, self._source)
-            session = LiveSession(user_id, tiktok_username, source=source, dispatcher=self._dispatcher,
-                                  db=self._db, timing=self._timing, clock=self._clock)
+            session = LiveSession(user_id, tiktok_username, source=self._source, dispatcher=self._dispatcher,
+                                  db=self._db, timing=self._timing, clock=self._clock, taken_over=taken_over)
             self._sessions[user_id] = session
             session.start()
+            if self.watches is not None:
+                self.watches.started(user_id, tiktok_username, user_id in self._auto)
             return session
 
     async def stop(self, user_id: int) -> None:
@@ -147,7 +161,21 @@ class LiveManager:
             self._auto.discard(user_id)
             session = self._sessions.pop(user_id, None)
             if session is not None:
+                if self.watches is not None:
+                    self.watches.stopped(user_id)
                 await session.stop()
+
+    async def hand_over(self, user_id: int) -> bool:
+        """Stops the user's watch here without a word to the app: another worker goes on with it (cluster mode).
+        True if one was running."""
+        async with self._locks.hold(user_id):
+            self._auto.discard(user_id)
+            session = self._sessions.pop(user_id, None)
+            if session is None:
+                return False
+            running = session.running
+            await session.stop(report_idle=False)
+            return running
 
     async def _stop_unlicensed(self) -> None:
         for user_id in [uid for uid, s in self._sessions.items() if s.running]:
@@ -166,6 +194,17 @@ class LiveManager:
     def app_connected(self, user_id: int) -> None:
         self._apps[user_id] = self._apps.get(user_id, 0) + 1
         self._left_at.pop(user_id, None)
+
+    def app_present(self, user_id: int) -> None:
+        """An app socket of the user is open on another worker (cluster mode): the watch is not idle."""
+        now = self._clock()
+        self._elsewhere[user_id] = now
+        if user_id not in self._apps:
+            self._left_at[user_id] = now  # idle_stop_minutes count from the last word of it
+
+    def app_elsewhere(self, user_id: int) -> bool:
+        seen = self._elsewhere.get(user_id)
+        return seen is not None and self._clock() - seen < self.presence_seconds
 
     def app_disconnected(self, user_id: int) -> None:
         left = self._apps.get(user_id, 0) - 1

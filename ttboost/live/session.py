@@ -38,7 +38,8 @@ class LiveSession:
     """Owns the watch of one TikTok user for one app user; state changes go out as status frames."""
 
     def __init__(self, user_id: int, tiktok_username: str, *, source: LiveSource, dispatcher: Dispatcher,
-                 db: Database, timing: SessionTiming, clock: Callable[[], float] = time.monotonic) -> None:
+                 db: Database, timing: SessionTiming, clock: Callable[[], float] = time.monotonic,
+                 taken_over: bool = False) -> None:
         self.user_id = user_id
         self.tiktok_username = tiktok_username
         self._source = source
@@ -57,6 +58,8 @@ class LiveSession:
         self.state = "idle"
         self._retry_in: float | None = None
         self._viewers: tuple[int, int] | None = None  # the last viewer counts sent
+        # The first state the app sees: the watch ran on another worker until now (cluster mode).
+        self._first_state = "reconnecting" if taken_over else "connecting"
 
     @property
     def running(self) -> bool:
@@ -109,7 +112,8 @@ class LiveSession:
         backoff = self._timing.backoff_min
         while True:
             if self.state != "waiting_for_live":  # a re-check while waiting is not news for the app
-                self._set_state("connecting")
+                self._set_state(self._first_state)
+                self._first_state = "connecting"
             self._connected_at = None
             try:
                 await self._source.watch(self.tiktok_username, self._on_event, self._on_connected)

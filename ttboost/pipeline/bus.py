@@ -35,6 +35,25 @@ class Subscriber(Protocol):
         given with a LIVE event's frame as it is published, never with replayed ones."""
 
 
+class Relay(Protocol):
+    """Cluster mode (cluster/homes.py): each user's frames are numbered on one worker, the user's home; every other
+    worker with a socket of the user keeps a copy of the channel, fed with the home's frames."""
+
+    def sent(self, user_id: int, seq: int, type_: str, frame: str, timing: FrameTiming | None) -> None:
+        """A frame numbered here (this worker is the home): to the copies on other workers, without blocking."""
+
+    def forward(self, user_id: int, type_: str, payload: dict[str, Any], log: bool, live: bool) -> None:
+        """A frame made on a worker that is not the user's home (a demo event, a rehearsal): the home numbers it."""
+
+    async def follow(self, user_id: int) -> None:
+        """Starts feeding a copy channel (receive()) with the frames of the window, then each new one."""
+
+    async def unfollow(self, user_id: int) -> None: ...
+
+    def forgotten(self, user_id: int, home: bool) -> None:
+        """The channel was released (janitor): the home lets go of the user."""
+
+
 class Recorder(Protocol):
     def record(self, stream: StreamRef, type_: str, payload: dict[str, Any], ts: str) -> None:
         """Counts one logged frame of a LIVE stream into its figures, without blocking (streams/recorder.py)."""
@@ -108,6 +127,7 @@ class Channel:
     overlays: set[Subscriber] = field(default_factory=set)  # read-only overlay sockets (spec §9), any number
     meta: dict[str, Any] = field(default_factory=dict)
     renewing: asyncio.Task[None] | None = None  # the seq reservation being raised
+    home: bool = True  # this worker numbers the user's frames; False: a copy fed by the home (cluster mode)
     touched: float = 0.0  # clock() of the last use (channel(), publish, attach, detach): released a window later
 
 
@@ -121,6 +141,7 @@ class EventBus:
                  log_max_waiting: int = MAX_WAITING,
                  retry_seconds: tuple[float, float] = (RETRY_MIN_SECONDS, RETRY_MAX_SECONDS)) -> None:
         self._recorder = recorder
+        self._relay: Relay | None = None
         self._replay_events = replay_events
         self._replay_seconds = replay_seconds
         self._language = language
@@ -136,6 +157,10 @@ class EventBus:
     async def start(self) -> None:
         await self.log.start()
 
+    def relay_to(self, relay: Relay) -> None:
+        """Cluster mode, before the first channel: channels start as copies; own() makes one the home."""
+        self._relay = relay
+
     async def close(self) -> None:
         renewals = [c.renewing for c in self._channels.values() if c.renewing is not None]
         for task in renewals:
@@ -143,7 +168,7 @@ class EventBus:
         await asyncio.gather(*renewals, return_exceptions=True)
         await self.log.close()
         try:
-            await self._seqs.give_back([(c.user_id, c.seq, c.seq_top) for c in self._channels.values()])
+            await self._seqs.give_back([(c.user_id, c.seq, c.seq_top) for c in self._channels.values() if c.home])
         except Exception:  # harmless: the next start continues above the reservation, with a gap
             _LOGGER.exception("could not give back the unused seq reservations")
 
@@ -162,10 +187,21 @@ class EventBus:
         future: asyncio.Future[Channel] = asyncio.get_running_loop().create_future()
         self._creating[user_id] = future
         try:
-            last, top = await self._seqs.open(user_id, self.log.last_waiting_seq(user_id))
-            channel = Channel(user_id, last, top, deque(maxlen=self._replay_events), language=self._language,
-                              touched=self._clock())
-            self._channels[user_id] = channel
+            if self._relay is None:
+                last, top = await self._seqs.open(user_id, self.log.last_waiting_seq(user_id))
+                channel = Channel(user_id, last, top, deque(maxlen=self._replay_events), language=self._language,
+                                  touched=self._clock())
+                self._channels[user_id] = channel
+            else:  # a copy until this worker becomes the user's home (own())
+                channel = Channel(user_id, 0, 0, deque(maxlen=self._replay_events), language=self._language,
+                                  touched=self._clock(), home=False)
+                self._channels[user_id] = channel
+                try:
+                    await self._relay.follow(user_id)
+                except BaseException:
+                    del self._channels[user_id]
+                    await asyncio.shield(self._relay.unfollow(user_id))
+                    raise
             future.set_result(channel)
             return channel
         except asyncio.CancelledError:
@@ -189,6 +225,10 @@ class EventBus:
         and left out of its figures. log=False: neither logged nor counted (a rehearsal's frames).
         """
         channel = self._channels[user_id]
+        if not channel.home:
+            assert self._relay is not None
+            self._relay.forward(user_id, type_, payload, log, live)
+            return 0  # numbered by the home; its frame reaches this worker's sockets from there
         channel.seq += 1
         if channel.seq_top - channel.seq < RENEW_BELOW:
             self._renew(channel)
@@ -206,12 +246,60 @@ class EventBus:
             channel.subscriber.deliver(frame, timing)
         for overlay in channel.overlays:
             overlay.deliver(frame, timing)
+        if self._relay is not None:
+            self._relay.sent(user_id, channel.seq, type_, frame, timing)
         if log:
             stream = channel.stream if live else None
             self.log.append((user_id, stream, channel.seq, type_, ts, body))
             if stream is not None and self._recorder is not None:
                 self._recorder.record(stream, type_, payload, ts)
         return channel.seq
+
+    def receive(self, user_id: int, seq: int, type_: str, frame: str, timing: FrameTiming | None) -> None:
+        """A frame of the user's home (cluster mode), into this worker's copy: buffered and delivered like one
+        published here. Anything not newer than the last one taken is dropped: a late frame of a home that lost
+        the user, or a frame of the stored window that arrived live too."""
+        channel = self._channels.get(user_id)
+        if channel is None or channel.home or seq <= channel.seq:
+            return
+        channel.seq = seq
+        now = channel.touched = self._clock()
+        channel.buffer.append((seq, now, frame))
+        self._trim(channel, now)
+        if type_ == "status":
+            channel.last_status = (seq, frame)
+            channel.state = json.loads(frame).get("state")
+        if channel.subscriber is not None:
+            channel.subscriber.deliver(frame, timing)
+        for overlay in channel.overlays:
+            overlay.deliver(frame, timing)
+
+    async def own(self, user_id: int) -> None:
+        """This worker became the user's home: it numbers the frames from now on, above every number any worker
+        may have handed out (the stored reservation), and stops copying the old home's."""
+        channel = await self.channel(user_id)
+        if channel.home:
+            return
+        assert self._relay is not None
+        last, top = await self._seqs.open(user_id, channel.seq)
+        channel.seq, channel.seq_top, channel.home = max(channel.seq, last), top, True
+        await self._relay.unfollow(user_id)
+
+    async def disown(self, user_id: int, *, give_back: bool, follow: bool) -> None:
+        """This worker is no longer the user's home (handed over: give_back the unused reservation; lost: keep
+        it); follow: a socket here still reads the channel, so it becomes a copy of the new home's."""
+        channel = self._channels.get(user_id)
+        if channel is None or not channel.home:
+            return
+        assert self._relay is not None
+        channel.home = False
+        if channel.renewing is not None:
+            channel.renewing.cancel()
+            await asyncio.gather(channel.renewing, return_exceptions=True)
+        if give_back:
+            await self._seqs.give_back([(user_id, channel.seq, channel.seq_top)])
+        if follow:
+            await self._relay.follow(user_id)
 
     def _renew(self, channel: Channel) -> None:
         if channel.renewing is None:
@@ -290,6 +378,8 @@ class EventBus:
             return False
         # The unused rest of its seq reservation stays reserved: channel() goes on above it (a gap, no repeat).
         del self._channels[user_id]
+        if self._relay is not None:
+            self._relay.forgotten(user_id, channel.home)
         return True
 
     def attach_overlay(self, user_id: int, subscriber: Subscriber) -> None:
