@@ -13,10 +13,10 @@ from tests.audio_samples import make_mp3
 from tests.conftest import make_config
 from tests.fake_live import ScriptedSource
 from tests.fake_tts import FakeEngine, audio_for
-from tests.helpers import bearer
+from tests.helpers import bearer, eventually
 from tests.test_revocation import FAST, closed_with
 from tests.test_sounds_api import upload
-from tests.test_ws import recv_type, register
+from tests.test_ws import recv, recv_type, register
 from ttboost import keys
 from ttboost.app import create_app
 from ttboost.config import ConfigError, load_config
@@ -204,15 +204,43 @@ async def test_a_socket_on_any_worker_gets_the_frames_and_reaches_the_session(wo
     assert user_id
 
 
+async def test_frames_made_on_another_worker_are_numbered_by_the_home(workers) -> None:
+    """A demo socket on b while the user's home is a: b's demo events go to a to be numbered, and come back."""
+    a = await workers("a", live_source=ScriptedSource())
+    b = await workers("b", live_source=ScriptedSource(), limits={"demo_min_seconds": 0.01, "demo_max_seconds": 0.02})
+    user_id, token = await register(a)
+    on_a = await a.ws_connect(f"/v2/ws?token={token}")
+    status = await recv_type(on_a, "status")  # a is the home now
+    await on_a.close()
+    demo = await b.ws_connect(f"/v2/ws?token={token}&demo=1")
+    events = []
+    while len(events) < 3:
+        frame = await recv(demo)
+        if frame["type"] in ("chat", "gift"):
+            events.append(frame)
+    seqs = [status["seq"]] + [f["seq"] for f in events]
+    assert seqs == sorted(set(seqs))  # numbered in a's sequence, after a's status
+    assert a.app[keys.HOME].holds(user_id) and not b.app[keys.HOME].holds(user_id)
+    await demo.close()
+
+
 async def test_a_worker_shut_down_hands_its_streamers_over_at_once(workers) -> None:
     """The lease outlives this test (30 s): b takes over only because a handed the user over."""
     source_a, source_b = ScriptedSource(), ScriptedSource()
     a = await workers("a", live_source=source_a, lease_seconds=30)
-    b = await workers("b", live_source=source_b, lease_seconds=30)
     _, token = await register(a)
     on_a = await a.ws_connect(f"/v2/ws?token={token}")  # auto_connect: a watches @streamer
     (await source_a.next_watch()).connect()
     await recv_type(on_a, "status", state="connected")
+
+    async def current() -> tuple[int, Any]:
+        resp = await a.get("/v2/streams/current", headers=bearer(token))
+        return resp.status, await resp.json()
+
+    live_row = (await eventually(current, lambda r: r[0] == 200))[1]
+    b = await workers("b", live_source=source_b, lease_seconds=30)  # starts while a's LIVE is on
+    resp = await b.get("/v2/streams/current", headers=bearer(token))
+    assert resp.status == 200 and (await resp.json())["id"] == live_row["id"]  # not closed as dangling by b
     await on_a.close()
     on_b = await b.ws_connect(f"/v2/ws?token={token}&since=0")  # no sticky routing: the app comes back on b
     frames = [await recv_type(on_b, "status", state="connected")]

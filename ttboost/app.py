@@ -169,7 +169,7 @@ def _live_ctx(source: LiveSource | None, backoff_min: float, clock: Callable[[],
         db = app[keys.DB]
         live = LiveManager(live_source, dispatcher, db, config.tiktok,
                            license_active=functools.partial(has_active_license, db), backoff_min=backoff_min)
-        await live.start_reaper()
+        await live.start_reaper(close_dangling_streams=not config.cluster.nats_url)
         janitor = MemoryJanitor(bus=bus, live=live, sockets=app[keys.SOCKETS], settings=app[keys.SETTINGS],
                                 triggers=app[keys.TRIGGERS], actions=app[keys.ACTIONS],
                                 window_seconds=config.limits.replay_seconds)

@@ -129,6 +129,15 @@ async def _settings_changed(app: web.Application, user_id: int, args: dict[str, 
     return {}
 
 
+async def _rehearse(app: web.Application, user_id: int, args: dict[str, Any]) -> dict[str, Any]:
+    """One rehearsal per user in the whole cluster, its frames numbered where the user's are."""
+    return await app[keys.REHEARSALS].start(user_id, args["stream_id"], args["speed"])
+
+
+async def _stop_rehearsal(app: web.Application, user_id: int, args: dict[str, Any]) -> dict[str, Any]:
+    return {"stopped": await app[keys.REHEARSALS].stop(user_id)}
+
+
 async def _ping(app: web.Application, user_id: int, args: dict[str, Any]) -> dict[str, Any]:
     """An overlay socket on another worker reads the user's frames: there must be a home (no app presence)."""
     await app[keys.DISPATCHER].prepare(user_id)
@@ -143,6 +152,8 @@ OPERATIONS: Final[dict[str, Operation]] = {
     "simulate": _simulate,
     "settings_changed": _settings_changed,
     "ping": _ping,
+    "rehearse": _rehearse,
+    "stop_rehearsal": _stop_rehearsal,
 }
 
 

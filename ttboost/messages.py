@@ -16,9 +16,6 @@ _TEXTS: Final[dict[str, tuple[str, str]]] = {
     # "reconnecting" when no connection was made at all (offline, DNS, refused, sign server down)
     "tiktok_unreachable": ("Нет связи с TikTok ({reason}), пробуем снова", "TikTok cannot be reached ({reason}); "
                            "trying again"),
-    # "reconnecting" in cluster mode while another worker holds the streamer's lease (cluster/leases.py)
-    "live_elsewhere": ("Эфир уже подключён через другой сервер ({reason}), ждём",
-                       "The LIVE is connected through another worker ({reason}); waiting"),
     "live_ended": ("Эфир @{user} завершён", "@{user}'s LIVE has ended"),
     "error": ("Ошибка подключения к TikTok", "TikTok connection error"),
     # error codes

@@ -126,7 +126,7 @@ async def rehearse(request: web.Request) -> web.Response:
     stream_id = await _own_stream(request, user.id)
     if not await has_active_license(request.app[keys.DB], user.id):
         raise license_expired()
-    started = await request.app[keys.REHEARSALS].start(user.id, stream_id, body["speed"])
+    started = await request.app[keys.HOME].run(user.id, "rehearse", {"stream_id": stream_id, "speed": body["speed"]})
     return json_response({"status": "ok", **started})
 
 
@@ -134,5 +134,5 @@ async def rehearse(request: web.Request) -> web.Response:
 @docs("Stop the running rehearsal", tags=["streams"], responses={200: RehearsalStoppedSchema})
 async def stop_rehearsal(request: web.Request) -> web.Response:
     user = await authenticate(request)
-    stopped = await request.app[keys.REHEARSALS].stop(user.id)
-    return json_response({"status": "ok", "stopped": stopped})
+    stopped = await request.app[keys.HOME].run(user.id, "stop_rehearsal", {})
+    return json_response({"status": "ok", **stopped})

@@ -36,6 +36,7 @@ from nats.js.kv import KeyValue
 from .. import keys
 from ..errors import ApiError
 from ..home import OPERATIONS
+from ..live.history import close_dangling, users_with_open_streams
 from ..periodic import Periodic
 from ..pipeline.bus import FrameTiming
 from ..sockets import CLOSE_REPLACED
@@ -260,7 +261,10 @@ class Homes:
         return True
 
     async def _resume(self, user_id: int) -> None:
-        """Goes on with the watch a home that died or stopped was running."""
+        """Goes on with the watch a home that died or stopped was running; a stream row it left open (killed)
+        ends as `crashed` first, as at a single process's restart."""
+        if self._live.session(user_id) is None:
+            await close_dangling(self._app[keys.DB], user_id)
         watch = await self._watch_of(user_id)
         session = self._live.session(user_id)
         if watch is None or (session is not None and session.running):
@@ -335,12 +339,14 @@ class Homes:
             _LOGGER.debug("cluster: user %s: the home did not answer", user_id, exc_info=True)
 
     async def _sweep(self) -> None:
-        """Watches that should run but whose home is gone, with no app anywhere to notice: one worker adopts each
-        (the lease decides which)."""
+        """Watches that should run, and stream rows left open, whose home is gone with no app anywhere to notice:
+        one worker adopts each such user (the lease decides which), resuming the watch or closing the rows."""
         assert self._watches is not None
         try:
-            for key in await self._broker.live_keys(WATCHES_BUCKET, self._watches):
-                user_id = int(key.removeprefix("user."))
+            watched = [int(key.removeprefix("user."))
+                       for key in await self._broker.live_keys(WATCHES_BUCKET, self._watches)]
+            streaming = await users_with_open_streams(self._app[keys.DB])
+            for user_id in dict.fromkeys(watched + streaming):
                 if user_id not in self._held and await self._leases.holder(user_id) is None:
                     await self.claim(user_id)
         except Exception:

@@ -18,10 +18,18 @@ async def end_stream(db: Database, session_id: int, reason: str, ended_at: str |
                      (ended_at or iso(utcnow()), reason, session_id))
 
 
-async def close_dangling(db: Database) -> int:
+async def close_dangling(db: Database, user_id: int | None = None) -> int:
     """Rows left open by a crash are closed at start-up, so no stream looks live forever: they end with the
-    last frame their figures recorded (the start, if none), and keep the figures written before the crash."""
-    return await db.execute(
-        "UPDATE stream_sessions SET end_reason = 'crashed', ended_at = CASE "
-        "WHEN last_event_at IS NOT NULL AND last_event_at > started_at THEN last_event_at ELSE started_at END "
-        "WHERE ended_at IS NULL")
+    last frame their figures recorded (the start, if none), and keep the figures written before the crash.
+    user_id: only that user's (cluster mode: its new home closes what the dead one left open)."""
+    sql = ("UPDATE stream_sessions SET end_reason = 'crashed', ended_at = CASE "
+           "WHEN last_event_at IS NOT NULL AND last_event_at > started_at THEN last_event_at ELSE started_at END "
+           "WHERE ended_at IS NULL")
+    if user_id is None:
+        return await db.execute(sql)
+    return await db.execute(sql + " AND user_id = ?", (user_id,))
+
+
+async def users_with_open_streams(db: Database) -> list[int]:
+    rows = await db.fetchall("SELECT DISTINCT user_id FROM stream_sessions WHERE ended_at IS NULL")
+    return [row["user_id"] for row in rows]

@@ -81,8 +81,11 @@ class LiveManager:
         self._reaper: asyncio.Task[None] | None = None
         self._reaping: dict[tuple[str, int], asyncio.Task[None]] = {}  # (work, user id) -> its task under way
 
-    async def start_reaper(self) -> None:
-        await close_dangling(self._db)
+    async def start_reaper(self, *, close_dangling_streams: bool = True) -> None:
+        """close_dangling_streams=False in cluster mode: a row open at start may belong to a live worker's
+        watch; each user's next home closes what a dead one left open (cluster/homes.py)."""
+        if close_dangling_streams:
+            await close_dangling(self._db)
         self._reaper = asyncio.create_task(self._reap(), name="live-idle-reaper")
 
     async def close(self) -> None:

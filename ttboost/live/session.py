@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from dataclasses import dataclass
 from typing import Callable, Final
@@ -151,11 +150,9 @@ class LiveSession:
                     reason = str(exc).removeprefix(f"@{self.tiktok_username}: ") or type(exc).__name__
                     _LOGGER.warning("live user=%s tiktok=@%s cannot reach TikTok: %s", self.user_id,
                                     self.tiktok_username, reason)
-                    self._set_state("reconnecting", backoff, note=getattr(exc, "note", "tiktok_unreachable"),
-                                    reason=reason)
+                    self._set_state("reconnecting", backoff, note="tiktok_unreachable", reason=reason)
                 await asyncio.sleep(backoff)
-                # A failure may know when trying again makes sense at the latest (a cluster lease expires)
-                backoff = min(backoff * 2, self._timing.backoff_max, getattr(exc, "retry_within", math.inf))
+                backoff = min(backoff * 2, self._timing.backoff_max)
                 continue
             # watch() returned: the LIVE ended cleanly.
             await self._after_watch("ended")
