@@ -83,6 +83,7 @@ class Homes:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._adopt: Subscription | None = None
         self._round_no = 0
+        self._closing = False  # handing everything over: no new homes here
         self._rounds = Periodic("cluster-homes", leases.lease_seconds / HEARTBEATS_PER_LEASE, self._round)
 
     async def start(self) -> None:
@@ -98,14 +99,17 @@ class Homes:
 
     async def close(self) -> None:
         """Hands every user over: the watch stops here without a word to the app, the unused seq numbers go back,
-        the frames still on their way are sent, then the lease is released and another worker adopts the user."""
+        the frames still on their way are sent, then the lease is released and another worker adopts the user.
+        The home subjects go first: an edge asking meanwhile waits for the new home instead of starting a watch
+        here again."""
+        self._closing = True
         await self._rounds.close()
         if self._adopt is not None:
             await self._adopt.unsubscribe()
         held = list(self._held)
         for user_id in held:
-            await self._live.hand_over(user_id)
-            await self._bus.disown(user_id, give_back=True, follow=False)
+            await self._unsubscribe(user_id)
+        await asyncio.gather(*(self._hand_over(user_id) for user_id in held))
         await self.frames.close()
         for user_id in held:
             await self._let_go(user_id)
@@ -113,13 +117,23 @@ class Homes:
             if not self._watch_writes:
                 break
             await asyncio.sleep(0.01)
-        for user_id in held:
-            if await self._watch_of(user_id) is not None:
-                await self._broker.nc.publish(ADOPT_SUBJECT, str(user_id).encode())
+        try:
+            for user_id in held:
+                if await self._watch_of(user_id) is not None:
+                    await self._broker.nc.publish(ADOPT_SUBJECT, str(user_id).encode())
+            await self._broker.flush()
+        except Exception:  # NATS away: the watches are adopted by the others' sweep instead
+            _LOGGER.warning("cluster: could not ask another worker to adopt the watches", exc_info=True)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._broker.flush()
+
+    async def _hand_over(self, user_id: int) -> None:
+        try:
+            await self._live.hand_over(user_id)
+            await self._bus.disown(user_id, give_back=True, follow=False)
+        except Exception:  # one user's trouble must not keep the others from being handed over
+            _LOGGER.exception("cluster: handing user %s over failed", user_id)
 
     # --- the bus's relay (pipeline/bus.py Relay) ---
 
@@ -235,7 +249,11 @@ class Homes:
     # --- leases ---
 
     async def claim(self, user_id: int) -> bool:
-        """Makes this worker the user's home if no worker is; True if it is (now or already)."""
+        """Makes this worker the user's home if no worker is; True if it is (now or already). The user counts as
+        held here only once its channel numbers frames and its subject answers: an operation run meanwhile
+        would otherwise send its frames to a home that does not listen yet."""
+        if self._closing:
+            return False
         lock = self._claiming.setdefault(user_id, asyncio.Lock())
         try:
             async with lock:
@@ -244,21 +262,25 @@ class Homes:
                 revision = await self._leases.acquire(user_id)
                 if revision is None:
                     return False
-                self._held[user_id] = revision
                 try:
-                    # Numbering first: an edge's frame that reaches this worker finds the channel its home.
                     await self._bus.own(user_id)
                     self._subs[user_id] = await self._broker.nc.subscribe(
                         home_subject(user_id), cb=functools.partial(self._on_request, user_id))
                 except BaseException:
-                    await asyncio.shield(self._let_go(user_id))
+                    await asyncio.shield(self._undo_claim(user_id, revision))
                     raise
+                self._held[user_id] = revision
         finally:
             if not lock.locked():
                 self._claiming.pop(user_id, None)
         _LOGGER.info("cluster: worker %s is now the home of user %s", self._broker.worker_id, user_id)
         await self._resume(user_id)
         return True
+
+    async def _undo_claim(self, user_id: int, revision: int) -> None:
+        await self._unsubscribe(user_id)
+        await self._bus.disown(user_id, give_back=True, follow=self._reads(user_id))
+        await self._leases.release(user_id, revision)
 
     async def _resume(self, user_id: int) -> None:
         """Goes on with the watch a home that died or stopped was running; a stream row it left open (killed)
@@ -272,11 +294,17 @@ class Homes:
         _LOGGER.info("cluster: taking over the LIVE watch of user %s (@%s)", user_id, watch["username"])
         await self._live.start(user_id, watch["username"], auto=watch["auto"], taken_over=True)
 
-    async def _let_go(self, user_id: int) -> None:
-        revision = self._held.pop(user_id, None)
+    async def _unsubscribe(self, user_id: int) -> None:
         sub = self._subs.pop(user_id, None)
         if sub is not None:
-            await sub.unsubscribe()
+            try:
+                await sub.unsubscribe()
+            except Exception:  # the connection is closing: the subscription goes with it
+                _LOGGER.debug("cluster: unsubscribe of user %s failed", user_id, exc_info=True)
+
+    async def _let_go(self, user_id: int) -> None:
+        revision = self._held.pop(user_id, None)
+        await self._unsubscribe(user_id)
         if revision is not None:
             try:
                 await self._leases.release(user_id, revision)
