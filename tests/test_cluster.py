@@ -256,6 +256,20 @@ async def test_a_worker_shut_down_hands_its_streamers_over_at_once(workers) -> N
     await on_b.close()
 
 
+async def test_a_watch_whose_home_went_silent_is_adopted_with_no_app_anywhere(workers) -> None:
+    source_a, source_b = ScriptedSource(), ScriptedSource()
+    a = await workers("a", live_source=source_a, lease_seconds=1)
+    b = await workers("b", live_source=source_b, lease_seconds=1)
+    _, token = await register(a)
+    ws = await a.ws_connect(f"/v2/ws?token={token}")
+    (await source_a.next_watch()).connect()
+    await recv_type(ws, "status", state="connected")
+    await ws.close()  # no app anywhere now; the watch goes on (idle_stop_minutes)
+    await a.app[keys.HOME]._rounds.close()  # a stops renewing, as a frozen or killed worker would
+    watch = await source_b.next_watch(timeout=10)  # b's sweep finds the watch without a home
+    assert watch.unique_id == "streamer"
+
+
 async def test_a_home_whose_lease_was_taken_closes_its_connection_and_comes_back(workers) -> None:
     source = ScriptedSource()
     a = await workers("a", live_source=source)  # renews every lease_seconds / 3 = 1 s

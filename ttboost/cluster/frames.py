@@ -20,6 +20,7 @@ from typing import Final, Protocol
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, DiscardPolicy, StorageType, StreamConfig
+from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import BadRequestError
 
 from ..pipeline.bus import FrameTiming
@@ -30,6 +31,7 @@ _LOGGER = logging.getLogger(__name__)
 STREAM: Final = "TTBOOST_FRAMES"
 SUBJECTS: Final = "ttboost.frames.*"
 BACKFILL_TIMEOUT: Final = 5.0  # seconds for the stored window of one user to arrive
+CLOSE_SEND_SECONDS: Final = 2.0
 OUTBOX_MAX: Final = 100_000  # frames waiting for NATS (it is away): the oldest go first past this
 
 H_SEQ: Final = "Ttb-Seq"
@@ -82,12 +84,17 @@ class FrameRelay:
         self._pump = asyncio.create_task(self._send_forever(), name="cluster-frames-out")
 
     async def close(self) -> None:
-        """After the last frame: sends what is still waiting, then stops."""
+        """After the last frame: sends what is still waiting (for CLOSE_SEND_SECONDS at most: NATS may be away),
+        then stops."""
         if self._pump is not None:
             self._pump.cancel()
             await asyncio.gather(self._pump, return_exceptions=True)
             self._pump = None
-        await self._send_waiting()
+        try:
+            async with asyncio.timeout(CLOSE_SEND_SECONDS):
+                await self._send_waiting()
+        except TimeoutError:
+            _LOGGER.warning("cluster: %d frames could not be sent before the shutdown", len(self._outbox))
         for user_id in list(self._following):
             await self.unfollow(user_id)
 
@@ -167,7 +174,10 @@ class FrameRelay:
             left = (await pull.consumer_info()).num_pending
             msgs: list[Msg] = []
             while left > 0:
-                batch = await pull.fetch(min(left, 256), timeout=BACKFILL_TIMEOUT)
+                try:
+                    batch = await pull.fetch(min(left, 256), timeout=BACKFILL_TIMEOUT)
+                except NatsTimeout:  # the rest aged out of the window since the count: keep what came
+                    break
                 msgs.extend(batch)
                 left -= len(batch)
             return msgs
