@@ -12,6 +12,7 @@ import itertools
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 from pathlib import Path
@@ -114,13 +115,26 @@ async def _devtools_port(profile: Path, process: subprocess.Popen[bytes]) -> int
     raise AssertionError(f"chromium opened no DevTools port within {_START_SECONDS} s")
 
 
+async def _end_group(pgid: int) -> None:
+    """Kills what is left of chromium's process group and waits until none of it remains (5 s at most)."""
+    for _ in range(100):
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:  # the group is empty
+            return
+        await asyncio.sleep(0.05)
+
+
 @contextlib.asynccontextmanager
 async def launch() -> AsyncIterator[Page]:
     """A fresh headless chromium (its own temporary profile) and a session on its tab; all gone afterwards."""
     executable = binary()
     with tempfile.TemporaryDirectory(prefix="ttboost-chromium-") as profile:
+        # Its own process group: chromium's helpers (zygote, renderer, crashpad) may outlive the browser process and
+        # still write into the profile while it is being removed; the whole group goes at the end.
         process = subprocess.Popen([executable, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
-                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                   start_new_session=True)
         try:
             port = await _devtools_port(Path(profile), process)
             async with aiohttp.ClientSession() as http:
@@ -146,3 +160,4 @@ async def launch() -> AsyncIterator[Page]:
             except subprocess.TimeoutExpired:
                 process.kill()
                 await asyncio.to_thread(process.wait)
+            await _end_group(process.pid)
