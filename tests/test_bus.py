@@ -12,6 +12,7 @@ import pytest
 
 from ttboost.db import Database
 from ttboost.pipeline.bus import EventBus, frame_ts
+from ttboost.pipeline.eventlog import FLUSH_AT_ROWS
 from ttboost.pipeline.seqs import SEQ_BLOCK
 from tests.helpers import Clock, eventually
 
@@ -226,3 +227,19 @@ async def test_a_channel_is_released_only_once_nothing_uses_it_for_a_whole_windo
     await bus.channel(1)  # made again on demand: seq goes on, never back
     assert bus.publish(1, "chat", {"message": "again"}) > seq
     await bus.close()
+
+
+async def test_the_log_closes_when_a_full_batch_wakes_its_writer_in_the_same_turn(db) -> None:
+    """Shutdown hung here: on Python 3.11, asyncio.wait_for returns normally when the awaited wait ends in the
+    same loop turn as the cancel, so the writer swallowed close()'s cancel and went on writing for ever."""
+    bus = EventBus(db, replay_events=10, replay_seconds=60)
+    await bus.channel(1)
+    await bus.start()
+    bus.publish(1, "chat", {"message": "first"})
+    # Written: the writer is back waiting for the next batch (or its timer).
+    await eventually(lambda: db.fetchval("SELECT COUNT(*) FROM events"), lambda n: n == 1)
+    for i in range(FLUSH_AT_ROWS):  # a whole batch: its last row wakes the writer
+        bus.publish(1, "chat", {"message": str(i)})
+    # In the same turn; the ceiling only turns a hang into a failure.
+    await asyncio.wait_for(bus.close(), timeout=20)
+    assert await db.fetchval("SELECT COUNT(*) FROM events") == FLUSH_AT_ROWS + 1

@@ -49,6 +49,7 @@ class EventLog:
         self._front = 0  # rows ever taken off the front of _waiting (written or dropped): its first row's number
         self._wakeup = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
+        self._closing = False
         self.dropped = 0  # rows lost to the bound since start (shown in /health)
         self.write_errors = 0  # failed writes and rows lost (to the bound or as unstorable), for /metrics
         self._dropped_unreported = 0
@@ -87,6 +88,7 @@ class EventLog:
 
     async def close(self) -> None:
         """Stops the writer and makes one last attempt at what still waits."""
+        self._closing = True  # the writer's loop ends at its next turn, even if a cancel were lost on the way
         if self._writer is not None:
             self._writer.cancel()
             await asyncio.gather(self._writer, return_exceptions=True)
@@ -145,7 +147,7 @@ class EventLog:
     async def _write(self) -> None:
         next_prune = self._clock()
         retry = 0.0  # 0: the last write worked
-        while True:
+        while not self._closing:
             if self._clock() >= next_prune:
                 next_prune = self._clock() + PRUNE_EVERY_SECONDS
                 try:
@@ -155,10 +157,7 @@ class EventLog:
             if retry:
                 await asyncio.sleep(retry)  # a failing disk is given time; new rows wait in the bound
             else:
-                try:
-                    await asyncio.wait_for(self._wakeup.wait(), FLUSH_SECONDS)
-                except asyncio.TimeoutError:
-                    pass
+                await self._next_batch()
             self._wakeup.clear()
             try:
                 await self.flush()
@@ -173,6 +172,16 @@ class EventLog:
                 retry = 0.0
             if self._dropped_unreported:
                 self._report_drops()
+
+    async def _next_batch(self) -> None:
+        """Waits for a full batch or the interval. asyncio.timeout, not wait_for: on Python 3.11 wait_for returns
+        normally when the wait ends in the same loop turn as a cancel (a full batch arriving as the server shuts
+        down), which swallowed close()'s cancel and kept the writer, and shutdown, going for ever."""
+        try:
+            async with asyncio.timeout(FLUSH_SECONDS):
+                await self._wakeup.wait()
+        except TimeoutError:
+            pass
 
     def health(self) -> dict[str, Any]:
         return {"waiting": len(self._waiting), "dropped": self.dropped}
