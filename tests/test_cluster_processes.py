@@ -135,9 +135,12 @@ async def test_one_tiktok_connection_per_streamer_and_nothing_lost_when_workers_
                         assert not by_seq or frame["seq"] > max(by_seq), (frame, max(by_seq))
                         by_seq[frame["seq"]] = frame
                 auth = {"Authorization": f"Bearer {token}"}
-                status, history = await _json(http, "GET", w3.url + "/v2/streams", headers=auth)
+                # The dead home's stream row was closed by the new home; the new one is live (its row is
+                # written just after "connected" is sent: waited for, not raced, on a loaded machine).
+                status, history = await eventually(
+                    lambda: _json(http, "GET", w3.url + "/v2/streams", headers=auth),
+                    lambda r: r[0] == 200 and len(r[1]["streams"]) == 2, timeout=15)
                 assert status == 200
-                # The dead home's stream row was closed by the new home; the new one is live.
                 assert [s["end_reason"] for s in history["streams"]] == [None, "crashed"]
                 await on_w3.close()
                 await on_w2.close()
