@@ -113,7 +113,7 @@ async def test_a_cancel_while_waiting_for_the_cluster_write_lock_rolls_back(pg_u
 
         task = asyncio.create_task(unit())
         await eventually(lambda: other.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
-                                                "AND NOT granted"), lambda n: n == 1)
+                                                "AND NOT granted"), lambda n: n == 1, timeout=10)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

@@ -1,10 +1,15 @@
-"""Database.cached: a read is reused until any commit, by this connection or another process's."""
+"""Database.cached: a read is reused until any commit, by this connection or another process's; on PostgreSQL,
+a change committed through one worker is seen through every other at once."""
 
 from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
 
+import pytest
+
+from tests.helpers import bearer, make_user
+from ttboost import keys
 from ttboost.db import Database
 
 
@@ -76,3 +81,23 @@ async def test_a_database_reached_through_a_symlink_is_keyed_on_the_files_sqlite
         assert await db.cached("n", load) == 1
     finally:
         await db.close()
+
+
+@pytest.mark.both_backends
+async def test_a_change_committed_through_another_worker_is_seen_at_once(make_client) -> None:
+    # Two workers on one database, and no message between them: what worker A read before worker B committed
+    # must not be served after. (PostgreSQL has no change counter a worker could read for free, so
+    # PostgresDatabase.cached loads every time; the NATS change feed arrives only after the commit.)
+    a, b = await make_client(), await make_client()
+    user_id, token = await make_user(a.app)
+
+    async def me_on_a() -> tuple[int, bool | None]:
+        resp = await a.get("/v2/auth/me", headers=bearer(token))
+        return resp.status, (await resp.json()).get("license_active")
+
+    assert [await me_on_a() for _ in range(2)] == [(200, True), (200, True)]
+    await b.app[keys.DB].execute("UPDATE licenses SET status = 'revoked' WHERE user_id = ?", (user_id,))
+    assert await me_on_a() == (200, False)
+    # What a password change does (token_version + 1): the old token stops working on A at once.
+    await b.app[keys.DB].execute("UPDATE users SET token_version = token_version + 1 WHERE id = ?", (user_id,))
+    assert await me_on_a() == (401, None)

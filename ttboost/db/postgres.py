@@ -55,6 +55,12 @@ def _where(url: str) -> str:
     return f"{host}{f':{parts.port}' if parts.port else ''}{parts.path}"
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """The pool's reset on hand-back, after its own ROLLBACK of a transaction left open: nothing more. Its
+    default (UNLISTEN, RESET ALL, pg_advisory_unlock_all, CLOSE ALL) is one more round trip after every
+    statement, and undoes nothing here: no session setting, listener, cursor or session lock is ever taken."""
+
+
 class PostgresDatabase:
     """A pool of asyncpg connections; statements are written in SQLite's dialect and translated (dialect.py)."""
 
@@ -69,7 +75,7 @@ class PostgresDatabase:
             # command_timeout bounds every statement: without it one that waits on a dead server (no RST ever
             # comes through a partition) holds its request, and its pooled connection, for ever.
             self._pool = await asyncpg.create_pool(self.url, min_size=1, max_size=POOL_MAX, timeout=CONNECT_TIMEOUT,
-                                                   command_timeout=self._query_timeout)
+                                                   command_timeout=self._query_timeout, reset=_keep_session)
         except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise DatabaseUnavailable(f"cannot open PostgreSQL at {_where(self.url)}: "
                                       f"{str(exc).replace(self.url, '…') or type(exc).__name__}") from None
@@ -228,8 +234,10 @@ class PostgresDatabase:
         return str(value)
 
     async def cached(self, key: Hashable, load: Callable[[], Awaitable[T]]) -> T:
-        """Always `load()`: other workers commit too, and PostgreSQL has no cheap change counter like SQLite's
-        WAL index to tell when a remembered row went stale (a revocation must reach every worker at once)."""
+        """Always `load()` (one round trip, ~0.2 ms): other workers and the CLI commit too, and PostgreSQL has
+        no change counter like SQLite's WAL index that a worker could read for free to tell when a remembered
+        row went stale. A message after the commit (NATS `ttboost.changes`, or LISTEN/NOTIFY) would still leave
+        a window in which another worker accepts a revoked token or licence, and the CLI sends none."""
         return await load()
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
