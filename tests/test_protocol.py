@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import select
+import socket
 from pathlib import Path
 from typing import AsyncIterator
 
@@ -15,7 +17,7 @@ from aiohttp import web
 from tests.conftest import make_config
 from tests.fake_live import ScriptedSource
 from tests.fake_tts import FakeEngine
-from tests.helpers import Clock, make_user
+from tests.helpers import Clock, eventually, make_user
 from ttboost.app import create_app
 from ttboost.protocol import AcceptErrorLog, HardenedRunner
 
@@ -53,6 +55,32 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, st
     headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
     body = await asyncio.wait_for(reader.readexactly(int(headers.get("content-length", "0"))), 5)
     return status, headers, body
+
+
+def send_after_the_answer(port: int, first: bytes, more: bytes) -> bytes:
+    """A blocking client that goes on sending after the server has answered and closed its sending side, as one
+    still uploading a large request does: sends `first`, waits for the server's FIN (after its answer), sends
+    `more` a kilobyte at a time, then reads to EOF. A server that closed the whole socket answers `more` with RST:
+    the next send fails (BrokenPipeError), or the answer is lost (ConnectionResetError)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(first)
+        poller = select.poll()
+        poller.register(sock, select.POLLRDHUP)
+        assert poller.poll(10_000), "no FIN from the server"
+        for start in range(0, len(more), 1024):
+            sock.sendall(more[start:start + 1024])
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def split_response(raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    assert len(body) == int(headers["content-length"]), raw  # the whole answer, then EOF
+    return int(lines[0].split()[1]), headers, body
 
 
 async def closed_by_server(reader: asyncio.StreamReader) -> bool:
@@ -103,6 +131,30 @@ async def test_parser_errors_answer_in_the_envelope(site: Site, raw: bytes, capl
     assert MARKER not in caplog.text
 
 
+async def test_a_client_still_sending_after_a_parser_error_reads_the_answer(site: Site) -> None:
+    # Headers past 8,190 bytes: aiohttp's parser fails while the client is still sending them. The server answers,
+    # half-closes and drops the rest until the client closes, so the 400 is read instead of a reset.
+    site.runner.server.linger_seconds = 30  # a ceiling only: the server closes as soon as this client does
+    head = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000
+    answer = await asyncio.to_thread(send_after_the_answer, site.port, head, b"a" * 50_000 + b"\r\n\r\n")
+    status, headers, body = split_response(answer)
+    assert status == 400 and headers["server"] == "TTBoost"
+    assert json.loads(body) == {"detail": "bad request", "code": "bad_request"}
+    assert await eventually(lambda: len(site.runner.server.connections), lambda n: n == 0) == 0
+
+
+async def test_a_lingering_connection_is_closed_after_linger_seconds(site: Site) -> None:
+    site.runner.server.linger_seconds = 0.2
+    reader, writer = await site.open()
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nX-Nul: \x00\r\n\r\n")
+    status, _headers, _body = await read_response(reader)
+    assert status == 400
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # half-closed: the answer, then EOF
+    # this client never closes its end: the server stops waiting for it after linger_seconds
+    assert await eventually(lambda: len(site.runner.server.connections), lambda n: n == 0) == 0
+    writer.close()
+
+
 async def test_a_request_whose_headers_trickle_is_closed_and_others_are_served(site: Site) -> None:
     reader, writer = await site.open()
     writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
@@ -136,15 +188,40 @@ async def test_a_json_body_that_trickles_is_answered_408(site: Site) -> None:
     assert status == 422  # a body sent at once is read as ever
 
 
-async def test_the_oldest_idle_connection_makes_room(site: Site) -> None:
-    idle = [await site.open() for _ in range(MAX_CONNECTIONS)]
+async def open_idle(site: Site, count: int) -> list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    """Connections halfway through their request headers (idle: displaceable)."""
+    idle = [await site.open() for _ in range(count)]
     for _reader, writer in idle:
         writer.write(b"GET /health HTTP/1.1\r\nX-Slow: ")
+        await writer.drain()
+    return idle
+
+
+async def test_the_oldest_idle_connection_makes_room(site: Site) -> None:
+    site.runner.server.header_timeout = 30  # a ceiling: the idle ones must not time out under a slow test
+    idle = await open_idle(site, MAX_CONNECTIONS)
     status, _headers, body = await site.exchange(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
     assert status == 200 and json.loads(body)["status"] == "ok"
     assert await closed_by_server(idle[0][0])  # the oldest went
+    idle[1][1].write(b"1\r\nHost: x\r\n\r\n")  # the next one did not
+    assert (await read_response(idle[1][0]))[0] == 200
     for _reader, writer in idle:
         writer.close()
+
+
+async def test_a_lingering_connection_makes_room_before_an_idle_one(site: Site) -> None:
+    site.runner.server.header_timeout = site.runner.server.linger_seconds = 30  # ceilings, as above
+    idle = await open_idle(site, MAX_CONNECTIONS - 1)
+    reader, writer = await site.open()  # answered 400, lingering: its client keeps its end open
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nX-Nul: \x00\r\n\r\n")
+    assert (await read_response(reader))[0] == 400
+    status, _headers, _body = await site.exchange(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert status == 200
+    assert await eventually(lambda: len(site.runner.server.connections), lambda n: n == MAX_CONNECTIONS - 1)
+    idle[0][1].write(b"1\r\nHost: x\r\n\r\n")  # the oldest idle one is still there
+    assert (await read_response(idle[0][0]))[0] == 200
+    for _reader, idle_writer in [*idle, (reader, writer)]:
+        idle_writer.close()
 
 
 async def test_with_every_connection_busy_a_new_one_gets_503(site: Site) -> None:
@@ -162,6 +239,10 @@ async def test_with_every_connection_busy_a_new_one_gets_503(site: Site) -> None
     status, headers, body = await site.exchange(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
     assert status == 503 and headers["retry-after"] == "1" and headers["server"] == "TTBoost"
     assert json.loads(body) == {"detail": "busy, try again", "code": "busy"}
+    # the 503 goes out as the connection opens, likely before its request arrives: that must not reset it
+    request = b"GET /health HTTP/1.1\r\nHost: x\r\nCookie: " + b"c" * 4000 + b"\r\n\r\n"
+    answer = await asyncio.to_thread(send_after_the_answer, site.port, b"", request)
+    assert split_response(answer)[0] == 503
     for writer in sockets:
         writer.close()
 
