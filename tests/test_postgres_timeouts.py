@@ -97,3 +97,29 @@ async def test_a_partitioned_database_answers_500_and_503_and_the_pool_recovers_
     assert (await eventually(lambda: client.get("/health"), lambda r: r.status == 200, timeout=10)).status == 200
     resp = await client.post("/v2/triggers/set", json=ROSE, headers=bearer(token))
     assert resp.status == 200
+
+
+async def test_a_commit_whose_answer_is_lost_counts_as_committed_when_postgresql_committed_it(
+        partition: Partition) -> None:
+    db = PostgresDatabase(partition.url, query_timeout=1.0)
+    await db.open()
+    try:
+        async with db.transaction():  # no error: the COMMIT timed out, but PostgreSQL says it committed
+            await db.execute("INSERT INTO users (username, created_at) VALUES ('once', 'x')")
+            partition.mute()  # the COMMIT still reaches the server; its answer never comes back
+        partition.unmute()
+        assert await db.fetchval("SELECT count(*) FROM users WHERE username = 'once'") == 1
+        foreign_key = await db.fetchval("SELECT conname FROM pg_constraint WHERE conrelid = 'sounds'::regclass "
+                                        "AND contype = 'f'")
+        await db.execute(f"ALTER TABLE sounds ALTER CONSTRAINT {foreign_key} DEFERRABLE INITIALLY DEFERRED")
+        with pytest.raises(DatabaseTimeout, match="did not answer within 1 s"):
+            async with db.transaction():  # a COMMIT that failed without an answer still fails
+                await db.execute("INSERT INTO users (username, created_at) VALUES ('twice', 'x')")
+                await db.execute("INSERT INTO sounds (user_id, filename, size, duration_ms, format, created_at) "
+                                 "VALUES (999, 'a.mp3', 1, 1, 'mp3', 'x')")  # no such user: checked at COMMIT
+                partition.mute()
+        partition.unmute()
+        assert await db.fetchval("SELECT count(*) FROM users WHERE username = 'twice'") == 0
+    finally:
+        partition.unmute()
+        await db.close()

@@ -132,8 +132,9 @@ class PostgresDatabase:
         raises, none of them are. BEGIN, COMMIT and ROLLBACK run to their end even under a cancel (which then
         reaches the caller at its next await): asyncpg's own Transaction would have the server cancel a COMMIT
         in flight and raise CancelledError whether or not it had committed, and a caller that re-queues its
-        rows on failure would write them twice. One limit stays: a COMMIT that times out or loses its
-        connection is reported as failed, though the server may have committed it.
+        rows on failure would write them twice. A COMMIT that gets no answer (it timed out, the connection
+        was lost) is settled by asking the server, on another connection, what became of the transaction; only
+        when that cannot be learnt either is it reported as failed, though it may have committed.
 
         read_only: a REPEATABLE READ snapshot without the lock (backups and copies read one moment).
         lock_timeout: seconds to wait for the write lock; None: query_timeout, as any statement.
@@ -143,15 +144,22 @@ class PostgresDatabase:
         async with self._pooled() as conn:
             token = _TX_CONN.set(conn)
             try:
+                xid = None
                 try:
                     await self._settled(conn, _BEGIN_READ_ONLY if read_only else _BEGIN)
                     if not read_only:
-                        await self._execute_within(lock_timeout, "SELECT pg_advisory_xact_lock($1)", WRITE_LOCK)
+                        async with self._conn() as locked:
+                            # Its id too, in the same round trip: what an unanswered COMMIT is asked about.
+                            xid = await locked.fetchval("SELECT txid_current() FROM pg_advisory_xact_lock($1)",
+                                                        WRITE_LOCK, timeout=lock_timeout)
                     yield
                 except BaseException:
                     await self._rollback(conn)
                     raise
-                await self._settled(conn, "COMMIT")  # a failed COMMIT has ended the transaction: nothing to undo
+                # A COMMIT that failed has ended the transaction: nothing to undo.
+                error = await settle(self._control(conn, "COMMIT"))
+                if error is not None and not await self._committed_after_all(error, xid):
+                    raise self._timed_out(error)
             finally:
                 _TX_CONN.reset(token)
 
@@ -164,6 +172,23 @@ class PostgresDatabase:
         error = await settle(self._control(conn, sql))
         if error is not None:
             raise self._timed_out(error)
+
+    async def _committed_after_all(self, error: BaseException, xid: int | None) -> bool:
+        """Whether a COMMIT that raised `error` committed all the same: PostgreSQL's answer, when none came."""
+        if xid is None or isinstance(error, asyncpg.PostgresError):
+            return False  # the server answered: that COMMIT failed
+        try:
+            async with self._pooled() as conn:
+                status = await conn.fetchval("SELECT txid_status($1)", xid)
+        except Exception as exc:  # the server is still away: the outcome stays unknown
+            _LOGGER.error("database: a COMMIT got no answer (%s), nor did the question whether it committed (%s)",
+                          self._timed_out(error), self._timed_out(exc))
+            return False
+        # "in progress": its backend is still at it (it has not yet noticed that we gave up), and the COMMIT may
+        # yet land: that stays unknown, and is reported as a failure.
+        _LOGGER.warning("database: a COMMIT got no answer (%s); PostgreSQL says the transaction %s",
+                        self._timed_out(error), "committed" if status == "committed" else f"is {status}")
+        return status == "committed"
 
     async def _rollback(self, conn: asyncpg.Connection) -> None:
         try:
