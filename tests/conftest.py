@@ -91,14 +91,16 @@ def make_client(database_url: str, aiohttp_client: Any, tmp_path: Path) -> Clien
     """
 
     async def factory(config: Config | None = None, *, live_source: Any = None, tts_engine: Any = None,
-                      clock: Callable[[], float] | None = None, **sections: dict[str, Any]) -> TestClient:
+                      clock: Callable[[], float] | None = None, stream_rows: Any = None,
+                      **sections: dict[str, Any]) -> TestClient:
         cfg = config or make_config(tmp_path / "data")
         if database_url:
             cfg = cfg.replace(storage={"database_url": database_url})
         if sections:
             cfg = cfg.replace(**sections)
         app = create_app(cfg, live_source=live_source, tts_engine=tts_engine or FakeEngine(),
-                         reconnect_min_seconds=0.01, **({"clock": clock} if clock else {}))
+                         reconnect_min_seconds=0.01, **({"clock": clock} if clock else {}),
+                         **({"stream_rows": stream_rows} if stream_rows else {}))
         return await aiohttp_client(app)
 
     return factory

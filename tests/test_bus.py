@@ -11,7 +11,7 @@ from typing import AsyncIterator
 import pytest
 
 from ttboost.db import Database
-from ttboost.pipeline.bus import EventBus, frame_ts
+from ttboost.pipeline.bus import EventBus, StreamRef, frame_ts
 from ttboost.pipeline.eventlog import FLUSH_AT_ROWS
 from ttboost.pipeline.seqs import SEQ_BLOCK
 from tests.helpers import Clock, eventually
@@ -243,3 +243,25 @@ async def test_the_log_closes_when_a_full_batch_wakes_its_writer_in_the_same_tur
     # In the same turn; the ceiling only turns a hang into a failure.
     await asyncio.wait_for(bus.close(), timeout=20)
     assert await db.fetchval("SELECT COUNT(*) FROM events") == FLUSH_AT_ROWS + 1
+
+
+async def test_rows_wait_for_their_streams_id_and_shutdown_writes_them_without_one(db) -> None:
+    bus = EventBus(db, replay_events=10, replay_seconds=60)
+    channel = await bus.channel(1)
+    written, never = StreamRef(), StreamRef()  # two streams whose rows are still being inserted
+    channel.stream = written
+    bus.publish(1, "chat", {"message": "first"})
+    channel.stream = never
+    bus.publish(1, "chat", {"message": "orphan"})
+    bus.publish(1, "chat", {"message": "simulated"}, live=False)
+    await bus.log.flush()
+    assert [r["seq"] for r in await db.fetchall("SELECT seq FROM events")] == [3]  # held: not written yet
+    assert bus.log.waiting == 2 and bus.log.last_waiting_seq(1) == 2
+    written.id = await db.execute("INSERT INTO stream_sessions (user_id, tiktok_username, started_at) "
+                                  "VALUES (1, 'streamer', '2026-11-30T20:00:00Z')")
+    await bus.log.flush()
+    # The other row never gets its id (its session was gone before the INSERT ran): shutdown writes it
+    # without a stream instead of waiting for it, or losing it.
+    await asyncio.wait_for(bus.close(), timeout=20)
+    rows = await db.fetchall("SELECT seq, session_id FROM events ORDER BY seq")
+    assert [(r["seq"], r["session_id"]) for r in rows] == [(1, written.id), (2, None), (3, None)]

@@ -11,6 +11,7 @@ import pytest
 from tests.fake_live import ScriptedSource
 from ttboost.db import Database
 from ttboost.live.errors import ConnectionDropped, UserNotFound, UserOffline
+from ttboost.live.history import StreamRows
 from ttboost.live.session import LiveSession, SessionTiming
 from ttboost.pipeline.bus import EventBus, FrameTiming
 from ttboost.pipeline.dispatch import Dispatcher
@@ -49,8 +50,8 @@ async def session_with(parts, source, clock=None) -> tuple[LiveSession, Frames]:
     dispatcher, db = parts
     frames = Frames()
     dispatcher.bus.attach(1, frames)
-    session = LiveSession(1, "streamer", source=source, dispatcher=dispatcher, db=db, timing=TIMING,
-                          **({"clock": clock} if clock else {}))
+    session = LiveSession(1, "streamer", source=source, dispatcher=dispatcher, rows=StreamRows(db),
+                          timing=TIMING, **({"clock": clock} if clock else {}))
     session.start()
     return session, frames
 

@@ -25,8 +25,9 @@ from .api import triggers as triggers_api
 from .api import tts as tts_api
 from .config import Config
 from .cluster.wiring import cluster_ctx, homes_ctx
-from .db import PostgresDatabase, make_database
+from .db import AnyDatabase, PostgresDatabase, make_database
 from .licenses import has_active_license
+from .live.history import StreamRows
 from .live.manager import LiveManager
 from .live.source import LiveSource
 from .media import MediaStore
@@ -149,7 +150,8 @@ async def _rules_ctx(app: web.Application) -> AsyncIterator[None]:
     await triggers.close()  # writes the executed_count increments still pending
 
 
-def _live_ctx(source: LiveSource | None, backoff_min: float, clock: Callable[[], float]):
+def _live_ctx(source: LiveSource | None, backoff_min: float, clock: Callable[[], float],
+              stream_rows: Callable[[AnyDatabase], StreamRows]):
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         config = app[keys.CONFIG]
         recorder = StreamRecorder(app[keys.DB])  # the figures of each stream, fed by the bus
@@ -168,7 +170,8 @@ def _live_ctx(source: LiveSource | None, backoff_min: float, clock: Callable[[],
             live_source = source
         db = app[keys.DB]
         live = LiveManager(live_source, dispatcher, db, config.tiktok,
-                           license_active=functools.partial(has_active_license, db), backoff_min=backoff_min)
+                           license_active=functools.partial(has_active_license, db), backoff_min=backoff_min,
+                           rows=stream_rows(db))
         await live.start_reaper(close_dangling_streams=not config.cluster.nats_url)
         janitor = MemoryJanitor(bus=bus, live=live, sockets=app[keys.SOCKETS], settings=app[keys.SETTINGS],
                                 triggers=app[keys.TRIGGERS], actions=app[keys.ACTIONS],
@@ -229,13 +232,15 @@ async def _close_sockets(app: web.Application) -> None:
 
 def create_app(config: Config, *, live_source: LiveSource | None = None, tts_engine: TTSEngine | None = None,
                reconnect_min_seconds: float = 1.0, rehearsal_pacer: Pacer | None = None,
-               clock: Callable[[], float] = time.monotonic) -> web.Application:
+               clock: Callable[[], float] = time.monotonic,
+               stream_rows: Callable[[AnyDatabase], StreamRows] = StreamRows) -> web.Application:
     """The whole server as one aiohttp application; tests build it the same way with fakes injected.
 
     live_source replaces the TikTok adapter (tests of the pipeline), tts_engine the configured speech engine;
     reconnect_min_seconds is the first
     back-off step (tests shrink it instead of sleeping); rehearsal_pacer replaces real time for rehearsals;
-    clock times the replay window and with it the release of idle users' memory (tests move it by hand).
+    clock times the replay window and with it the release of idle users' memory (tests move it by hand);
+    stream_rows makes the writer of the LIVE streams' rows (tests hold or break its INSERT).
     """
     app = web.Application(
         middlewares=[access_log_middleware, error_middleware],
@@ -257,7 +262,7 @@ def create_app(config: Config, *, live_source: LiveSource | None = None, tts_eng
     app.cleanup_ctx.append(_rules_ctx)
     if config.cluster.nats_url:
         app.cleanup_ctx.append(cluster_ctx)
-    app.cleanup_ctx.append(_live_ctx(live_source, reconnect_min_seconds, clock))
+    app.cleanup_ctx.append(_live_ctx(live_source, reconnect_min_seconds, clock, stream_rows))
     if config.cluster.nats_url:
         app.cleanup_ctx.append(homes_ctx)
     app.cleanup_ctx.append(_rehearsals_ctx(rehearsal_pacer))

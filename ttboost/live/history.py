@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
-from ..db import Database
+from ..db import AnyDatabase, Database
 from ..timeutil import iso, utcnow
 
 
-async def begin_stream(db: Database, user_id: int, tiktok_username: str) -> int:
-    return await db.execute(
-        "INSERT INTO stream_sessions (user_id, tiktok_username, started_at) VALUES (?, ?, ?)",
-        (user_id, tiktok_username, iso(utcnow())))
+class StreamRows:
+    """Writes each LIVE's row as it begins and ends. One per app: create_app(stream_rows=...) lets a test hold
+    or break the INSERT, which runs while the LIVE's first events already flow (see bus.StreamRef)."""
 
+    def __init__(self, db: AnyDatabase) -> None:
+        self._db = db
 
-async def end_stream(db: Database, session_id: int, reason: str, ended_at: str | None = None) -> None:
-    """Closes the row now, or at ended_at (ISO; e.g. when the connection dropped and never came back)."""
-    await db.execute("UPDATE stream_sessions SET ended_at = ?, end_reason = ? WHERE id = ? AND ended_at IS NULL",
-                     (ended_at or iso(utcnow()), reason, session_id))
+    async def begin(self, user_id: int, tiktok_username: str) -> int:
+        return await self._db.execute(
+            "INSERT INTO stream_sessions (user_id, tiktok_username, started_at) VALUES (?, ?, ?)",
+            (user_id, tiktok_username, iso(utcnow())))
+
+    async def end(self, session_id: int, reason: str, ended_at: str | None = None) -> None:
+        """Closes the row now, or at ended_at (ISO; e.g. when the connection dropped and never came back)."""
+        await self._db.execute(
+            "UPDATE stream_sessions SET ended_at = ?, end_reason = ? WHERE id = ? AND ended_at IS NULL",
+            (ended_at or iso(utcnow()), reason, session_id))
 
 
 async def close_dangling(db: Database, user_id: int | None = None) -> int:

@@ -11,7 +11,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Coroutine, Protocol
 from ..config import TikTokConfig
 from ..db import Database
 from ..pipeline.dispatch import Dispatcher
-from .history import close_dangling
+from .history import StreamRows, close_dangling
 from .session import LiveSession, SessionTiming
 from .source import LiveSource
 
@@ -58,8 +58,9 @@ class Watches(Protocol):
 class LiveManager:
     def __init__(self, source: LiveSource, dispatcher: Dispatcher, db: Database, config: TikTokConfig, *,
                  license_active: Callable[[int], Awaitable[bool]], backoff_min: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, rows: StreamRows | None = None) -> None:
         self._source = source
+        self._rows = rows or StreamRows(db)
         self.watches: Watches | None = None
         # Cluster mode: an app socket on another worker says it is there every third of this (cluster/homes.py)
         self.presence_seconds = 0.0
@@ -152,7 +153,7 @@ class LiveManager:
             if self._closed:  # checked after the last await: close() has already stopped everything it saw
                 raise RuntimeError("the LIVE manager is closed (server shutting down)")
             session = LiveSession(user_id, tiktok_username, source=self._source, dispatcher=self._dispatcher,
-                                  db=self._db, timing=self._timing, clock=self._clock, taken_over=taken_over)
+                                  rows=self._rows, timing=self._timing, clock=self._clock, taken_over=taken_over)
             self._sessions[user_id] = session
             session.start()
             if self.watches is not None:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from dataclasses import dataclass
 from typing import Callable, Final
 
-from ..db import Database
 from ..fileio import run_to_end
 from ..pipeline.bus import StreamRef
 from ..pipeline.combos import ComboTracker
@@ -16,7 +16,7 @@ from ..pipeline.dispatch import Dispatcher
 from ..pipeline.events import LiveEvent
 from ..timeutil import iso, utcnow
 from .errors import Blocked, LiveError, SignRateLimited, UserNotFound, UserOffline
-from .history import begin_stream, end_stream
+from .history import StreamRows
 from .source import LiveSource
 
 _LOGGER = logging.getLogger(__name__)
@@ -37,13 +37,13 @@ class LiveSession:
     """Owns the watch of one TikTok user for one app user; state changes go out as status frames."""
 
     def __init__(self, user_id: int, tiktok_username: str, *, source: LiveSource, dispatcher: Dispatcher,
-                 db: Database, timing: SessionTiming, clock: Callable[[], float] = time.monotonic,
+                 rows: StreamRows, timing: SessionTiming, clock: Callable[[], float] = time.monotonic,
                  taken_over: bool = False) -> None:
         self.user_id = user_id
         self.tiktok_username = tiktok_username
         self._source = source
         self._dispatcher = dispatcher
-        self._db = db
+        self._rows = rows
         self._timing = timing
         self._clock = clock
         self._combos = ComboTracker(timing.combo_timeout)
@@ -183,7 +183,8 @@ class LiveSession:
             self._dispatcher.stream_started(self.user_id)
         if self._row_task is None or self._stream is None:  # else: back after a drop, the same stream goes on
             self._stream = StreamRef()
-            self._row_task = asyncio.create_task(self._begin_row(self._stream))
+            self._row_task = asyncio.create_task(self._begin_row(self._stream), name=f"stream-row-{self.user_id}")
+            self._row_task.add_done_callback(functools.partial(self._row_written, self._stream))
         self._lost_at = None
         channel = self._dispatcher.bus.get(self.user_id)
         if channel is not None:
@@ -191,8 +192,20 @@ class LiveSession:
         self._set_state("connected")
 
     async def _begin_row(self, stream: StreamRef) -> int:
-        stream.id = await begin_stream(self._db, self.user_id, self.tiktok_username)
+        stream.id = await self._rows.begin(self.user_id, self.tiktok_username)
         return stream.id
+
+    def _row_written(self, stream: StreamRef, task: asyncio.Task[int]) -> None:
+        """However the INSERT ended (an error, or a cancel even before it ran), the stream stops pending: else
+        the event log would hold its events until shutdown and the recorder grow its figures for ever."""
+        if stream.id is not None:
+            return
+        stream.failed = True
+        _LOGGER.error("could not record the stream of user %s; its events are logged without it", self.user_id,
+                      exc_info=None if task.cancelled() else task.exception())
+        channel = self._dispatcher.bus.get(self.user_id)
+        if channel is not None and channel.stream is stream:
+            channel.stream = None  # the frames that follow go without a stream too, and are not counted
 
     def _on_event(self, event: LiveEvent) -> None:
         if not event.received_ms:  # a source that did not stamp it: now is the closest we know
@@ -230,21 +243,20 @@ class LiveSession:
             self._dispatcher.dispatch(self.user_id, ready)
 
     async def _end_row(self, reason: str) -> None:
-        task, self._row_task, self._stream = self._row_task, None, None
+        task, stream, self._row_task, self._stream = self._row_task, self._stream, None, None
         lost_at, self._lost_at = self._lost_at, None
-        if task is not None:
+        if task is not None and stream is not None:
             # A stream that never came back after a drop ended then, whatever stops the watch later.
             reason, ended_at = ("dropped", lost_at) if lost_at else (reason, None)
             # taken out of _row_task: must not be cut short
-            await run_to_end(self._close_row(task, reason, ended_at))
+            await run_to_end(self._close_row(task, stream, reason, ended_at))
 
-    async def _close_row(self, task: asyncio.Task[int], reason: str, ended_at: str | None) -> None:
-        try:
-            session_id = await task
-        except Exception:
-            _LOGGER.exception("could not record the stream of user %s", self.user_id)
+    async def _close_row(self, task: asyncio.Task[int], stream: StreamRef, reason: str,
+                         ended_at: str | None) -> None:
+        await asyncio.wait([task])  # its failure was reported by _row_written
+        if stream.id is None:
             return
         channel = self._dispatcher.bus.get(self.user_id)
-        if channel is not None and channel.stream is not None and channel.stream.id == session_id:
+        if channel is not None and channel.stream is stream:
             channel.stream = None
-        await end_stream(self._db, session_id, reason, ended_at)
+        await self._rows.end(stream.id, reason, ended_at)

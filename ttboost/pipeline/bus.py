@@ -108,9 +108,16 @@ def _json_text(value: str) -> str:
 
 @dataclass(slots=True)
 class StreamRef:
-    """The stream_sessions row events belong to; its id arrives after the events may have started."""
+    """The stream_sessions row events belong to; its id arrives after the events may have started (the event
+    log and the figures hold them until it does), or the row could not be written (they go without it)."""
 
     id: int | None = None
+    failed: bool = False  # the row's INSERT ended without an id: its events are logged without a stream
+
+    @property
+    def pending(self) -> bool:
+        """The row is still being written: neither its id nor its failure is known yet."""
+        return self.id is None and not self.failed
 
 
 @dataclass(slots=True)

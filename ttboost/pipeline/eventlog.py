@@ -29,6 +29,10 @@ class StreamId(Protocol):
 
     id: int | None
 
+    @property
+    def pending(self) -> bool:
+        """Its row is still being written: the row waits for the id (written now, it would lose its stream)."""
+
 
 Row = tuple[int, StreamId | None, int, str, str, str]  # user_id, stream, seq, type, ts, payload
 
@@ -46,6 +50,9 @@ class EventLog:
         self._max_waiting = max_waiting
         self._retry_min, self._retry_max = retry_seconds
         self._waiting: deque[Row] = deque()
+        # Rows whose stream row is still being inserted: TikTok's first messages come right after the connect,
+        # before that INSERT has run. They join _waiting once the id (or the INSERT's failure) is known.
+        self._held: deque[Row] = deque()
         self._front = 0  # rows ever taken off the front of _waiting (written or dropped): its first row's number
         self._wakeup = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
@@ -57,17 +64,22 @@ class EventLog:
 
     @property
     def waiting(self) -> int:
-        return len(self._waiting)
+        return len(self._waiting) + len(self._held)
 
     def last_waiting_seq(self, user_id: int) -> int:
-        return max((row[2] for row in self._waiting if row[0] == user_id), default=0)
+        return max((row[2] for rows in (self._waiting, self._held) for row in rows if row[0] == user_id),
+                   default=0)
 
     def append(self, row: Row) -> None:
         """Queues one row (synchronous: the event path never waits for the disk)."""
-        self._waiting.append(row)
-        if len(self._waiting) > self._max_waiting:
-            self._waiting.popleft()
-            self._front += 1
+        stream = row[1]
+        (self._held if stream is not None and stream.pending else self._waiting).append(row)
+        if self.waiting > self._max_waiting:  # held rows count too: an INSERT that never ends holds no memory
+            if self._waiting:
+                self._waiting.popleft()
+                self._front += 1
+            else:
+                self._held.popleft()
             self.dropped += 1
             self.write_errors += 1
             self._dropped_unreported += 1
@@ -79,7 +91,7 @@ class EventLog:
         now = self._clock()
         if self._drop_reported_at is None or now - self._drop_reported_at >= DROP_LOG_SECONDS:
             _LOGGER.warning("event log: the database cannot keep up; dropped the %d oldest waiting rows "
-                            "(%d still waiting)", self._dropped_unreported, len(self._waiting))
+                            "(%d still waiting)", self._dropped_unreported, self.waiting)
             self._drop_reported_at = now
             self._dropped_unreported = 0
 
@@ -93,14 +105,33 @@ class EventLog:
             self._writer.cancel()
             await asyncio.gather(self._writer, return_exceptions=True)
             self._writer = None
+        # The LIVE sessions have stopped, and with them every stream row's INSERT ended: a row still held now
+        # would wait for nothing. It is written without its stream rather than lost.
+        pending = len(self._held)
+        self._release(everything=True)
+        if pending:
+            _LOGGER.warning("event log: %d rows written at shutdown without their stream (its row was never "
+                            "written)", pending)
         try:
             await self.flush()
         except Exception:
             _LOGGER.exception("event log: %d rows could not be written at shutdown", len(self._waiting))
 
+    def _release(self, *, everything: bool = False) -> None:
+        """Moves the held rows whose stream's id (or its INSERT's failure) is known now to the rows to write."""
+        if not self._held:
+            return
+        still: deque[Row] = deque()
+        for row in self._held:
+            stream = row[1]
+            (still if stream is not None and stream.pending and not everything else self._waiting).append(row)
+        self._held = still
+
     async def flush(self) -> None:
-        """Writes every waiting row in one transaction. Rows that can never be stored are dropped alone; on
-        any other error the rest stay waiting, in order, and the error is raised."""
+        """Writes every waiting row in one transaction (held rows once their stream's id is known). Rows that
+        can never be stored are dropped alone; on any other error the rest stay waiting, in order, and the
+        error is raised."""
+        self._release()
         if not self._waiting:
             return
         rows = list(self._waiting)
@@ -164,7 +195,7 @@ class EventLog:
             except Exception as exc:
                 self.write_errors += 1
                 retry = min(max(retry * 2, self._retry_min), self._retry_max)
-                _LOGGER.error("event log: writing %d rows failed (%s); retrying in %.1f s", len(self._waiting),
+                _LOGGER.error("event log: writing %d rows failed (%s); retrying in %.1f s", self.waiting,
                               exc, retry)
             else:
                 if retry:
@@ -184,4 +215,4 @@ class EventLog:
             pass
 
     def health(self) -> dict[str, Any]:
-        return {"waiting": len(self._waiting), "dropped": self.dropped}
+        return {"waiting": self.waiting, "dropped": self.dropped}

@@ -143,6 +143,11 @@ class StreamRecorder:
         self._writer: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()  # the timer's write and a final flush never interleave
 
+    @property
+    def pending_streams(self) -> int:
+        """Streams whose figures wait to be written: each goes within a second, or when its row exists."""
+        return len(self._pending)
+
     async def start(self) -> None:
         self._writer = asyncio.create_task(self._write_loop(), name="stream-figures-writer")
 
@@ -155,8 +160,8 @@ class StreamRecorder:
         await self.flush()
 
     def record(self, stream: StreamRef, type_: str, payload: dict[str, Any], ts: str) -> None:
-        if type_ not in EVENT_TYPES:  # status and error frames are not figures
-            return
+        if type_ not in EVENT_TYPES or stream.failed:  # status and error frames are not figures; nor has a
+            return  # stream whose row could not be written any (its delta would only grow, never written)
         entry = self._pending.get(id(stream))
         if entry is None:
             entry = self._pending[id(stream)] = (stream, _Delta())
@@ -165,6 +170,12 @@ class StreamRecorder:
     async def flush(self) -> None:
         """Writes every delta whose stream row exists by now; a failed write keeps them for the next try."""
         async with self._lock:
+            failed = [key for key, (ref, _delta) in self._pending.items() if ref.failed]
+            for key in failed:  # counted before its row's INSERT failed: there is nowhere to write them
+                del self._pending[key]
+            if failed:
+                _LOGGER.warning("stream figures: %d streams whose row could not be written are not counted",
+                                len(failed))
             ready = [(key, ref, delta) for key, (ref, delta) in self._pending.items() if ref.id is not None]
             if not ready:
                 return
