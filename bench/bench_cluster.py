@@ -127,7 +127,24 @@ async def measure(fake: BenchTikTok, pg: Any, args: argparse.Namespace, workers:
             await asyncio.gather(*(f.close() for f in extra))
     sustained = [s for s in out["steps"] if s["sustained"]]
     out["max_sustained"] = sustained[-1]["rate"] if sustained else 0
+    out["cpu_model"] = cpu_model(sustained, max(workers, 1))
     return out
+
+
+def cpu_model(steps: list[dict[str, Any]], cores: int) -> dict[str, float] | None:
+    """All workers' CPU (in cores) against the rate over the sustained steps, a least-squares line: its slope is
+    the CPU per event, its intercept what the sessions cost with no events (heartbeats, acks, leases, figures).
+    What the workers would carry with a core each and nothing else on it: (workers − idle) ÷ CPU per event."""
+    points = [(s["rate"], sum(s["worker_cpu_percent"]) / 100) for s in steps]
+    if len(points) < 2:
+        return None
+    mean_x = statistics.fmean(x for x, _ in points)
+    mean_y = statistics.fmean(y for _, y in points)
+    slope = (sum((x - mean_x) * (y - mean_y) for x, y in points)
+             / sum((x - mean_x) ** 2 for x, _ in points))
+    idle = mean_y - slope * mean_x
+    return {"ms_per_event": round(slope * 1000, 3), "idle_cores": round(idle, 3),
+            "projected_events_per_s": round((cores - idle) / slope, -2) if slope > 0 else float("inf")}
 
 
 def _at(run: dict[str, Any], rate: int) -> dict[str, Any] | None:
@@ -136,17 +153,17 @@ def _at(run: dict[str, Any], rate: int) -> dict[str, Any] | None:
 
 def table(result: dict[str, Any]) -> str:
     lines = [f"{'configuration':<30} {'load avg':>8} {'max sustained':>13} {'p50 / p99 at 1,000/s':>20} "
-             f"{'CPU/event':>9} {'p50 / p99 at max':>17}  worker CPU at max (% of a core) · generator"]
+             f"{'p50 / p99 at max':>17}  {'CPU/event · idle':>18}  {'one free core each':>18}"]
     for run in result["runs"]:
-        ref, top = _at(run, REFERENCE_RATE), _at(run, run["max_sustained"])
+        ref, top, model = _at(run, REFERENCE_RATE), _at(run, run["max_sustained"]), run.get("cpu_model")
 
         def lat(step: dict[str, Any] | None) -> str:
             return f"{step['p50_ms']:.2f} / {step['p99_ms']:.1f} ms" if step else "—"
 
-        cpu = f"{top['worker_cpu_percent']} · {top['generator_cpu_percent']} %" if top else "—"
-        per_event = f"{ref['worker_cpu_ms_per_event']:.3f} ms" if ref else "—"
+        cpu = f"{model['ms_per_event']:.3f} ms · {model['idle_cores']:.2f}" if model else "—"
+        projected = f"≈ {model['projected_events_per_s']:,.0f} ev/s" if model else "—"
         lines.append(f"{run['label']:<30} {run['loadavg_at_start'][0]:>8} {run['max_sustained']:>8,} ev/s "
-                     f"{lat(ref):>20} {per_event:>9} {lat(top):>17}  {cpu}")
+                     f"{lat(ref):>20} {lat(top):>17}  {cpu:>18}  {projected:>18}")
     return "\n".join(lines)
 
 
@@ -158,10 +175,11 @@ cost here, not what they add. Each worker is one Python event loop, at most one 
 does what the single process does (TikTokLive socket → pipeline → app socket on the same worker, seq numbers
 reserved from PostgreSQL in blocks, figures written once a second). On C free cores (or N machines) with the
 generator and TikTok elsewhere, expect close to N × the 1-worker figure until PostgreSQL's writes or NATS
-become the shared bottleneck. CPU/event (all workers' CPU at 1,000/s ÷ events) is the machine-independent
-figure: one core carries about 1,000 ms ÷ CPU/event events/s, N workers on N cores N times that. The load
-average is the machine's at the start of each configuration: with other work running, a worker waits for a
-core before it saturates one, and the ceiling and the p99 show that wait, not the server.
+become the shared bottleneck. CPU/event and idle (in cores) come from a line through the workers' CPU at the
+sustained steps: they do not depend on how busy the machine was, and "one free core each" is what they give
+for N workers with a core each and nothing else on it ((N − idle) ÷ CPU/event; an upper bound: latency grows
+before a core is full). The load average is the machine's at the start of each configuration: with other work
+running, a worker waits for a core before it saturates one, and the ceiling and the p99 show that wait.
 """
 
 
