@@ -176,10 +176,13 @@ does what the single process does (TikTokLive socket → pipeline → app socket
 reserved from PostgreSQL in blocks, figures written once a second). On C free cores (or N machines) with the
 generator and TikTok elsewhere, expect close to N × the 1-worker figure until PostgreSQL's writes or NATS
 become the shared bottleneck. CPU/event and idle (in cores) come from a line through the workers' CPU at the
-sustained steps: they do not depend on how busy the machine was, and "one free core each" is what they give
+sustained steps: they depend on how busy the machine was far less than the ceiling does (more steps, a better
+line; a run cut short at 1,000/s has only two points), and "one free core each" is what they give
 for N workers with a core each and nothing else on it ((N − idle) ÷ CPU/event; an upper bound: latency grows
 before a core is full). The load average is the machine's at the start of each configuration: with other work
-running, a worker waits for a core before it saturates one, and the ceiling and the p99 show that wait.
+running, a worker waits for a core before it saturates one, and the ceiling and the p99 show that wait. On a
+busy machine more processes also win a larger share of the cores from the other work (the scheduler is fair
+per thread), which can make 2 or 3 workers look faster than one here for no reason of their own.
 """
 
 
