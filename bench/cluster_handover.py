@@ -1,12 +1,14 @@
-"""Handover times of the cluster benchmark: kill -9 of a worker holding LIVE sessions, then SIGTERM of another.
+"""Handover times of the cluster benchmark: kill -9 of a worker that is home to LIVE sessions, then SIGTERM of
+another.
 
-For the sessions of the worker that goes, half the streamers already have a second app socket open on a
-surviving worker ("waiting": that worker's watch found the lease taken and reports `reconnecting`); the other
-half have none, and their app reconnects to a surviving worker as soon as its socket to the dead one closes
-("rejoining"). The figure is the time from the signal to each of those sockets' `connected` status: after
-kill -9 the dead worker's leases must expire first (lease_seconds after its last renewal) and the waiting
-watches come back on their back-off (capped at one lease); after SIGTERM the leases are deleted at once.
-Then one event goes to every moved streamer's room: it must arrive on the socket that took over.
+Of the streamers whose home the worker is, half first move their app to a surviving worker ("app elsewhere": a
+socket there replaces the one on the home, 4001, and the frames come through NATS); the other half keep their
+app on the home, and it reconnects to a surviving worker as soon as its socket closes ("app reconnects"). From
+the signal on, the benchmark watches the fake TikTok: when a streamer's room gets a new push socket (another
+worker took the LIVE over), one event goes into it at once. Figures, from the signal: the new TikTok
+connection, that event on the app's socket, and the app's `connected` status after a state that was not (when
+the app was told of the interruption at all). After kill -9 the dead home's leases must expire first
+(lease_seconds after its last renewal); after SIGTERM they are released at once.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from bench.workload import event_spec
 
 CONNECT_CONCURRENCY: Final = 25
 EVENT_BASE: Final = 500_000_000  # indices of the events sent after a handover (above the ladder's)
-ARRIVAL_WAIT: Final = 10.0  # ceiling for those events
+POLL: Final = 0.02  # how often the fake's rooms are looked at for a new push socket
+GROUPS: Final = (("app_elsewhere", "app on another worker"), ("app_reconnects", "app reconnecting"))
 
 
 async def run(http: aiohttp.ClientSession, fake: BenchTikTok, dep: Deployment, streamers: list[Streamer],
@@ -42,76 +45,78 @@ async def _phase(http: aiohttp.ClientSession, fake: BenchTikTok, dep: Deployment
     name = "SIGTERM" if graceful else "kill -9"
     survivors = [i for i in range(len(dep.servers)) if i != victim and dep.alive(i)]
     moving = [s for s in streamers if s.worker == victim]
-    waiting, rejoining = moving[0::2], moving[1::2]
+    groups = {"app_elsewhere": moving[0::2], "app_reconnects": moving[1::2]}
     limit = asyncio.Semaphore(CONNECT_CONCURRENCY)
-    took: dict[int, tuple[int, Follow]] = {}  # id(streamer) -> (worker, socket that took over)
+    app: dict[int, Follow] = {}  # id(streamer) -> the app's socket after the handover
+    worker_of: dict[int, int] = {}
 
     async def open_on(worker: int, streamer: Streamer) -> Follow:
         async with limit:
             follow = Follow(await http.ws_connect(dep.ws_url(worker, streamer.token), max_msg_size=0))
         follows.append(follow)
-        took[id(streamer)] = (worker, follow)
+        app[id(streamer)], worker_of[id(streamer)] = follow, worker
         return follow
 
-    async def wait_behind(j: int, streamer: Streamer) -> None:
+    async def move_app(j: int, streamer: Streamer) -> None:
         follow = await open_on(survivors[j % len(survivors)], streamer)
-        await follow.wait_state("reconnecting")  # its worker's watch found the lease held by the victim
+        assert streamer.reader is not None
+        async with asyncio.timeout(30):
+            await follow.status.wait()  # the socket is the user's now; its frames come from the home
+            await asyncio.wait({streamer.reader})  # and the older one, on the home, was closed (4001)
 
-    print(f"  handover, {name} of w{victim + 1}: {len(moving)} sessions ({len(waiting)} with a socket waiting on "
-          f"another worker)", flush=True)
-    await asyncio.gather(*(wait_behind(j, s) for j, s in enumerate(waiting)))
+    print(f"  handover, {name} of w{victim + 1}: {len(moving)} sessions ({len(groups['app_elsewhere'])} with "
+          f"the app moved to another worker first)", flush=True)
+    await asyncio.gather(*(move_app(j, s) for j, s in enumerate(groups["app_elsewhere"])))
+    old_sockets = {s.room: fake.room_sockets.get(s.room) for s in moving}
     proc = dep.servers[victim].proc
     assert proc is not None
     t0 = time.perf_counter()
     proc.send_signal(signal.SIGTERM if graceful else signal.SIGKILL)
-    exited = asyncio.create_task(asyncio.to_thread(proc.wait, 30))
-    closed_after: list[float] = []
 
-    async def rejoin(j: int, streamer: Streamer) -> None:
+    async def exit_after() -> float:
+        await asyncio.to_thread(proc.wait, 30)
+        return round(time.perf_counter() - t0, 2)
+
+    exited = asyncio.create_task(exit_after())
+
+    async def reconnect(j: int, streamer: Streamer) -> None:
         assert streamer.reader is not None
         await asyncio.wait({streamer.reader})  # the app's socket to the victim closed
-        closed_after.append(time.perf_counter() - t0)
         await open_on(survivors[j % len(survivors)], streamer)
 
-    await asyncio.gather(*(rejoin(j, s) for j, s in enumerate(rejoining)))
+    reconnects = asyncio.gather(*(reconnect(j, s) for j, s in enumerate(groups["app_reconnects"])))
+    factory = FrameFactory(0)
+    back: dict[int, float] = {}  # id(streamer) -> when its room got a new push socket
+    sent: dict[int, int] = {}  # id(streamer) -> the index of the event sent into it
     ceiling = t0 + 3 * dep.lease_seconds + 20
-    while time.perf_counter() < ceiling and not all(f.connected_at for _, f in took.values()):
-        await asyncio.sleep(0.05)
-    await exited
-    exit_s = time.perf_counter() - t0 if graceful else None
+    while time.perf_counter() < ceiling and not all(
+            id(s) in sent and id(s) in app and sent[id(s)] in app[id(s)].seen for s in moving):
+        for k, streamer in enumerate(moving):
+            socket = fake.room_sockets.get(streamer.room)
+            if id(streamer) in back or socket is None or socket is old_sockets[streamer.room] or socket.closed:
+                continue
+            back[id(streamer)] = time.perf_counter()
+            sent[id(streamer)] = idx = EVENT_BASE + 1000 * victim + k
+            await socket.send_bytes(factory.frame(event_spec(idx)))
+        await asyncio.sleep(POLL)
+    await reconnects
+    exit_s = await exited
 
-    def after(group: list[Streamer]) -> list[float]:
-        return [took[id(s)][1].connected_at - t0 for s in group if took[id(s)][1].connected_at]
+    def figures(group: list[Streamer]) -> dict[str, Any]:
+        tiktok = [back[id(s)] - t0 for s in group if id(s) in back]
+        events = [app[id(s)].seen[sent[id(s)]] - t0 for s in group if sent.get(id(s), -1) in app[id(s)].seen]
+        statuses = [at - t0 for s in group if (at := app[id(s)].connected_after(t0))]
+        return {"tiktok_back": summary_s(tiktok, len(group)), "event_at_app": summary_s(events, len(group)),
+                "connected_status": summary_s(statuses, len(group))}
 
-    out: dict[str, Any] = {"sessions": len(moving), "waiting": summary_s(after(waiting), len(waiting)),
-                           "rejoining": summary_s(after(rejoining), len(rejoining)),
-                           "app_socket_closed": summary_s(closed_after, len(rejoining))}
-    if exit_s is not None:
-        out["process_exit_s"] = round(exit_s, 2)
+    out: dict[str, Any] = {"sessions": len(moving), **{key: figures(group) for key, group in groups.items()}}
+    if graceful:
+        out["process_exit_s"] = exit_s
     for streamer in moving:
-        worker, follow = took[id(streamer)]
-        streamer.worker, streamer.ws, streamer.reader = worker, follow.ws, follow.task
-    out["events_after"] = await _events_after(fake, moving, took)
+        follow = app[id(streamer)]
+        streamer.worker, streamer.ws, streamer.reader = worker_of[id(streamer)], follow.ws, follow.task
     print(f"  {describe_phase(name, out)}", flush=True)
     return out
-
-
-async def _events_after(fake: BenchTikTok, moving: list[Streamer], took: dict[int, tuple[int, Follow]]
-                        ) -> dict[str, int]:
-    """One event to each moved streamer's room: it must arrive on the socket that took the session over."""
-    factory = FrameFactory(0)
-    expected: list[tuple[Follow, int]] = []
-    for k, streamer in enumerate(moving):
-        socket = fake.room_sockets.get(streamer.room)
-        if socket is None or socket.closed:
-            continue
-        idx = EVENT_BASE + k
-        await socket.send_bytes(factory.frame(event_spec(idx)))
-        expected.append((took[id(streamer)][1], idx))
-    deadline = time.perf_counter() + ARRIVAL_WAIT
-    while time.perf_counter() < deadline and not all(idx in f.seen for f, idx in expected):
-        await asyncio.sleep(0.05)
-    return {"sent": len(expected), "received": sum(idx in f.seen for f, idx in expected), "streamers": len(moving)}
 
 
 def summary_s(seconds: list[float], expected: int) -> dict[str, Any]:
@@ -121,16 +126,14 @@ def summary_s(seconds: list[float], expected: int) -> dict[str, Any]:
 
 
 def describe_phase(name: str, phase: dict[str, Any]) -> str:
-    def fig(key: str) -> str:
-        f = phase[key]
-        return f"{f['count']}/{f['of']}, p50 {f.get('p50_s')} s, max {f.get('max_s')} s"
+    def fig(f: dict[str, Any]) -> str:
+        return f"{f['count']}/{f['of']} p50 {f.get('p50_s')} s, max {f.get('max_s')} s"
 
-    exit_text = f"; the process exited after {phase['process_exit_s']} s" if "process_exit_s" in phase else ""
-    events = phase["events_after"]
-    return (f"{name}: {phase['sessions']} sessions moved. `connected` again on a socket already waiting on another "
-            f"worker: {fig('waiting')}; on the app's new socket to another worker: {fig('rejoining')} "
-            f"(its old socket closed after p50 {phase['app_socket_closed'].get('p50_s')} s){exit_text}; "
-            f"an event after: {events['received']}/{events['sent']} arrived ({events['streamers']} streamers)")
+    parts = [f"{label}: TikTok back {fig(phase[key]['tiktok_back'])}; an event at the app "
+             f"{fig(phase[key]['event_at_app'])}; `connected` status {fig(phase[key]['connected_status'])}"
+             for key, label in GROUPS]
+    exit_text = f" (the process exited after {phase['process_exit_s']} s)" if "process_exit_s" in phase else ""
+    return f"{name}{exit_text}: {phase['sessions']} sessions moved.\n    " + "\n    ".join(parts)
 
 
 def describe(handover: dict[str, Any]) -> str:

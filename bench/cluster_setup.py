@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Any, Final, Mapping
+from typing import Any, Mapping
 
 import aiohttp
 
@@ -15,17 +15,14 @@ from bench.common import Server, insert_users, insert_users_pg, tokens
 from tests.nats_server import NatsServer
 from tests.pg_server import PgServer
 
-STATUS_WAIT: Final = 30.0  # seconds a fresh app socket gets for its first status frame (ceiling, not a figure)
-
-
 class Follow:
-    """One app socket read to its end: when it first said `connected` (and which states it reported), and when
-    each benchmark event arrived. Reading everything also keeps the server from closing it as too slow."""
+    """One app socket read to its end: the states it reported and when, and when each benchmark event arrived.
+    Reading everything also keeps the server from closing it as too slow."""
 
     def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         self.ws = ws
-        self.connected_at = 0.0
         self.states: list[str] = []
+        self.state_times: list[float] = []
         self.seen: dict[int, float] = {}  # event index -> arrival (time.perf_counter)
         self.status = asyncio.Event()  # any status frame so far
         self.task = asyncio.create_task(self._read())
@@ -40,19 +37,24 @@ class Follow:
             if '"type":"status"' in data:
                 state = data.split('"state":"', 1)[1].split('"', 1)[0] if '"state":"' in data else "?"
                 self.states.append(state)
+                self.state_times.append(now)
                 self.status.set()
-                if state == "connected" and not self.connected_at:
-                    self.connected_at = now
             else:
                 idx = index_in(data)
                 if idx >= 0:
                     self.seen.setdefault(idx, now)
 
-    async def wait_state(self, state: str) -> None:
-        async with asyncio.timeout(STATUS_WAIT):
-            while state not in self.states:
-                self.status.clear()
-                await self.status.wait()
+    def connected_after(self, t0: float) -> float:
+        """When the socket said `connected` after reporting another state, both after t0; 0.0 if it did not."""
+        interrupted = False
+        for state, at in zip(self.states, self.state_times):
+            if at < t0:
+                continue
+            if state != "connected":
+                interrupted = True
+            elif interrupted:
+                return at
+        return 0.0
 
     async def close(self) -> None:
         await self.ws.close()
