@@ -4,8 +4,8 @@ single-process SQLite server, under the same load: many streamers through the re
 Per configuration: S streamers (default 300), each its own account (active licence, chat speech off, no
 triggers), its own room of the fake TikTok and its app socket. Streamer i's socket opens on worker i mod N: its
 auto_connect starts the LIVE session there, under that worker's lease, so the frames never leave the worker
-(`--spread`: the session still starts there, through a socket that is only drained, and the measured socket
-opens on a random worker: the frames then have to cross the cluster). After the sessions settle, push frames
+(`--spread`: the session still starts there, through a first socket, and the measured socket then opens on a
+random worker and replaces it: the frames of the others' sessions cross NATS from their home). After the sessions settle, push frames
 of one event each (bench/workload.py mix) go round-robin to the rooms up a ladder of aggregate rates, a few
 seconds per step; a step is sustained when every event arrived, the sender kept the pace (≥ 97 %) and the
 median latency of the step's last fifth stayed ≤ 20 ms (a backlog shows there first). The ladder stops at
@@ -61,7 +61,7 @@ async def connect_all(http: aiohttp.ClientSession, fake: BenchTikTok, dep: Deplo
                     await asyncio.sleep(0.01)
             ws = home
             if spread and targets[i] != streamer.worker:
-                extra.append(Follow(home))  # keeps the session's own worker busy as a real second device would
+                extra.append(Follow(home))  # read until the measured socket replaces it (4001)
                 ws = await http.ws_connect(dep.ws_url(targets[i], streamer.token), max_msg_size=0)
             sessions.add(ws)
             streamer.ws, streamer.reader = ws, sessions.readers[-1]
@@ -77,8 +77,9 @@ async def ladder(fake: BenchTikTok, dep: Deployment, streamers: list[Streamer], 
         n = int(rate * args.step_seconds)
         sends = [(fake.room_sockets[streamers[k % len(streamers)].room], factory.frame(event_spec(start + k)))
                  for k in range(n)]
-        pids = dep.pids()
+        pids, backends = dep.pids(), dep.backend_pids()
         cpu0, me0 = [cpu_seconds(pid) for pid in pids], cpu_seconds(os.getpid())
+        backend0 = {name: _cpu_of(group) for name, group in backends.items()}
         sent, recv, elapsed = await send_and_wait(sessions, sends, rate, start)
         cpu = [cpu_seconds(pid) - c for pid, c in zip(pids, cpu0)]
         latencies = [r - s for s, r in zip(sent, recv) if r]
@@ -91,17 +92,31 @@ async def ladder(fake: BenchTikTok, dep: Deployment, streamers: list[Streamer], 
                 # All workers' CPU (heartbeats and acks included) over the step's events: the per-core cost.
                 "worker_cpu_ms_per_event": round(sum(cpu) * 1000 / n, 3),
                 "generator_cpu_percent": round(100 * (cpu_seconds(os.getpid()) - me0) / elapsed),
+                **{f"{name}_cpu_percent": round(100 * (_cpu_of(group) - backend0[name]) / elapsed)
+                   for name, group in backends.items()},
                 "sustained": len(latencies) == n and pace >= PACE and lag <= LAG_LIMIT_MS}
         steps.append(step)
         print(f"    {rate:>5}/s: received {step['received']}/{n}, p50 {step['p50_ms']} p99 {step['p99_ms']} ms, "
               f"last fifth p50 {step['last_fifth_p50_ms']} ms, worker CPU {step['worker_cpu_percent']} %, "
-              f"generator {step['generator_cpu_percent']} %{'' if step['sustained'] else '  (not sustained)'}",
+              f"generator {step['generator_cpu_percent']} %"
+              + "".join(f", {name} {step[f'{name}_cpu_percent']} %" for name in backends)
+              + ("" if step["sustained"] else "  (not sustained)"),
               flush=True)
         start += n
         if not step["sustained"]:
             break
         await asyncio.sleep(STEP_PAUSE)
     return steps
+
+
+def _cpu_of(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        try:
+            total += cpu_seconds(pid)
+        except OSError:  # a PostgreSQL backend that ended since: its CPU is lost from the step, a small under-count
+            pass
+    return total
 
 
 async def measure(fake: BenchTikTok, pg: Any, args: argparse.Namespace, workers: int) -> dict[str, Any]:
@@ -153,7 +168,8 @@ def _at(run: dict[str, Any], rate: int) -> dict[str, Any] | None:
 
 def table(result: dict[str, Any]) -> str:
     lines = [f"{'configuration':<30} {'load avg':>8} {'max sustained':>13} {'p50 / p99 at 1,000/s':>20} "
-             f"{'p50 / p99 at max':>17}  {'CPU/event · idle':>18}  {'one free core each':>18}"]
+             f"{'p50 / p99 at max':>17}  {'CPU/event · idle':>18}  {'one free core each':>18}  "
+             "CPU % at max: workers · NATS · PostgreSQL · generator"]
     for run in result["runs"]:
         ref, top, model = _at(run, REFERENCE_RATE), _at(run, run["max_sustained"]), run.get("cpu_model")
 
@@ -162,8 +178,11 @@ def table(result: dict[str, Any]) -> str:
 
         cpu = f"{model['ms_per_event']:.3f} ms · {model['idle_cores']:.2f}" if model else "—"
         projected = f"≈ {model['projected_events_per_s']:,.0f} ev/s" if model else "—"
+        shares = (" · ".join(str(top.get(key, "—")) for key in ("worker_cpu_percent", "nats_cpu_percent",
+                                                                "postgresql_cpu_percent", "generator_cpu_percent"))
+                  if top else "—")
         lines.append(f"{run['label']:<30} {run['loadavg_at_start'][0]:>8} {run['max_sustained']:>8,} ev/s "
-                     f"{lat(ref):>20} {lat(top):>17}  {cpu:>18}  {projected:>18}")
+                     f"{lat(ref):>20} {lat(top):>17}  {cpu:>18}  {projected:>18}  {shares}")
     return "\n".join(lines)
 
 
@@ -173,9 +192,10 @@ TikTok with {streamers} push sockets and the {streamers} app sockets) share them
 workers compete for the same cores the generator needs, so the cluster rows show what the extra processes
 cost here, not what they add. Each worker is one Python event loop, at most one core; on the event path it
 does what the single process does (TikTokLive socket → pipeline → app socket on the same worker, seq numbers
-reserved from PostgreSQL in blocks, figures written once a second). On C free cores (or N machines) with the
-generator and TikTok elsewhere, expect close to N × the 1-worker figure until PostgreSQL's writes or NATS
-become the shared bottleneck. CPU/event and idle (in cores) come from a line through the workers' CPU at the
+reserved from PostgreSQL in blocks, figures written once a second) and publishes each frame to NATS (the
+JetStream stream keeps every user's replay window for the other workers). On C free cores (or N machines) with
+the generator and TikTok elsewhere, expect close to N × the 1-worker figure until NATS or PostgreSQL (their CPU
+is shown per step) become the shared bottleneck. CPU/event and idle (in cores) come from a line through the workers' CPU at the
 sustained steps: they depend on how busy the machine was far less than the ceiling does (more steps, a better
 line; a run cut short at 1,000/s has only two points), and "one free core each" is what they give
 for N workers with a core each and nothing else on it ((N − idle) ÷ CPU/event; an upper bound: latency grows

