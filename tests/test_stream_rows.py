@@ -56,16 +56,18 @@ async def test_events_before_the_stream_row_is_written_belong_to_the_stream(make
     _, token = await register(client)
     ws = await client.ws_connect(f"/v2/ws?token={token}")
     watch = await source.next_watch()
-    watch.connect()
-    await recv_type(ws, "status", state="connected")
-    watch.emit(gift("bob", 10), LiveEvent("chat", user="Аня", username="anya", message="привет"))
-    first = [await recv_type(ws, "gift"), await recv_type(ws, "chat")]
-    # A batch written while the row is still held (the log's timer, or 500 rows waiting) must not store them
-    # without their stream, nor count them anywhere else.
-    await app[keys.BUS].log.flush()
-    await app[keys.RECORDER].flush()
-    assert (await _get(client, "/v2/streams/current", token))[0] == 404  # the INSERT has not run
-    gate.set()
+    try:
+        watch.connect()
+        await recv_type(ws, "status", state="connected")
+        watch.emit(gift("bob", 10), LiveEvent("chat", user="Аня", username="anya", message="привет"))
+        first = [await recv_type(ws, "gift"), await recv_type(ws, "chat")]
+        # A batch written while the row is still held (the log's timer, or 500 rows waiting) must not store
+        # them without their stream, nor count them anywhere else.
+        await app[keys.BUS].log.flush()
+        await app[keys.RECORDER].flush()
+        assert (await _get(client, "/v2/streams/current", token))[0] == 404  # the INSERT has not run
+    finally:
+        gate.set()  # also when a check above failed: shutdown waits for the INSERT to close the row
     status, current = await eventually(lambda: _get(client, "/v2/streams/current", token), lambda r: r[0] == 200)
     stream_id = current["id"]
     watch.emit(gift("kim", 5))
@@ -99,13 +101,23 @@ async def test_events_before_the_stream_row_is_written_belong_to_the_stream(make
     await ws.close()
 
 
-async def test_a_stream_row_that_cannot_be_written_costs_the_stream_not_its_events(make_client, source,
-                                                                                  caplog) -> None:
+REFUSE_STREAM_ROWS = {  # a real database error on the stream row's INSERT, and on nothing else
+    "sqlite": ["CREATE TEMP TRIGGER no_streams BEFORE INSERT ON stream_sessions "
+               "BEGIN SELECT RAISE(ABORT, 'disk trouble'); END"],
+    "postgres": ["CREATE FUNCTION no_streams() RETURNS trigger LANGUAGE plpgsql AS "
+                 "$$ BEGIN RAISE EXCEPTION 'disk trouble'; END $$",
+                 "CREATE TRIGGER no_streams BEFORE INSERT ON stream_sessions FOR EACH ROW "
+                 "EXECUTE FUNCTION no_streams()"],
+}
+
+
+@pytest.mark.both_backends
+async def test_a_stream_row_that_cannot_be_written_costs_the_stream_not_its_events(make_client, source, caplog,
+                                                                                  storage_backend: str) -> None:
     client = await make_client(live_source=source)
     app = client.server.app
-    # A real database error on the row's INSERT, and on nothing else.
-    await app[keys.DB].execute("CREATE TEMP TRIGGER no_streams BEFORE INSERT ON stream_sessions "
-                               "BEGIN SELECT RAISE(ABORT, 'disk trouble'); END")
+    for statement in REFUSE_STREAM_ROWS[storage_backend]:
+        await app[keys.DB].execute(statement)
     user_id, token = await register(client)
     ws = await client.ws_connect(f"/v2/ws?token={token}")
     watch = await source.next_watch()
