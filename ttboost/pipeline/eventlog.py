@@ -73,8 +73,12 @@ class EventLog:
     def append(self, row: Row) -> None:
         """Queues one row (synchronous: the event path never waits for the disk)."""
         stream = row[1]
-        (self._held if stream is not None and stream.pending else self._waiting).append(row)
-        if self.waiting > self._max_waiting:  # held rows count too: an INSERT that never ends holds no memory
+        if stream is None or stream.id is not None or not stream.pending:  # the usual case tested first: cheap
+            self._waiting.append(row)
+        else:
+            self._held.append(row)
+        # Held rows count too: an INSERT that never ends holds no memory.
+        if len(self._waiting) + len(self._held) > self._max_waiting:
             if self._waiting:
                 self._waiting.popleft()
                 self._front += 1
