@@ -265,7 +265,8 @@ async def test_a_watch_whose_home_went_silent_is_adopted_with_no_app_anywhere(wo
     (await source_a.next_watch()).connect()
     await recv_type(ws, "status", state="connected")
     await ws.close()  # no app anywhere now; the watch goes on (idle_stop_minutes)
-    await a.app[keys.HOME]._rounds.close()  # a stops renewing, as a frozen or killed worker would
+    for loop in (a.app[keys.HOME]._keeper, a.app[keys.HOME]._rounds):
+        await loop.close()  # a stops renewing and looking around, as a frozen or killed worker would
     watch = await source_b.next_watch(timeout=10)  # b's sweep finds the watch without a home
     assert watch.unique_id == "streamer"
 

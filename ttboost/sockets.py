@@ -229,7 +229,10 @@ class Connection:
         while not self._drained.is_set():
             idle_until = max(self._last_sent, waiting_since) + self._read_timeout
             try:
-                await asyncio.wait_for(self._drained.wait(), max(idle_until - time.monotonic(), 0.0))
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancel that comes in the same
+                # loop turn as the event (pipeline/eventlog.py), and the handler would go on past a shutdown.
+                async with asyncio.timeout(max(idle_until - time.monotonic(), 0.0)):
+                    await self._drained.wait()
             except TimeoutError:
                 if time.monotonic() >= max(self._last_sent, waiting_since) + self._read_timeout:
                     _LOGGER.warning("ws user=%s: no frame taken for %.0f s, closing a too slow client",

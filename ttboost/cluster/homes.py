@@ -84,7 +84,11 @@ class Homes:
         self._adopt: Subscription | None = None
         self._round_no = 0
         self._closing = False  # handing everything over: no new homes here
-        self._rounds = Periodic("cluster-homes", leases.lease_seconds / HEARTBEATS_PER_LEASE, self._round)
+        every = leases.lease_seconds / HEARTBEATS_PER_LEASE
+        # Two loops: the renewals never wait behind a round of questions to homes or a sweep of the database,
+        # which a busy machine can stretch past the rest of a lease.
+        self._keeper = Periodic("cluster-leases", every, self._renew_all)
+        self._rounds = Periodic("cluster-homes", every, self._round)
 
     async def start(self) -> None:
         self._watches = await self._broker.key_value(WATCHES_BUCKET, 0)
@@ -93,6 +97,7 @@ class Homes:
         self._live.watches = self
         self._live.presence_seconds = self._leases.lease_seconds
         self._spawn(self._write_watches(), "cluster-watch-writes")
+        self._keeper.start()
         self._adopt = await self._broker.nc.subscribe(ADOPT_SUBJECT, queue="adopters", cb=self._on_adopt)
         await self._broker.subscribe(APPS_SUBJECT, self._on_app_elsewhere)
         self._rounds.start()
@@ -104,6 +109,7 @@ class Homes:
         here again."""
         self._closing = True
         await self._rounds.close()
+        await self._keeper.close()
         if self._adopt is not None:
             await self._adopt.unsubscribe()
         held = list(self._held)
@@ -335,10 +341,13 @@ class Homes:
         except Exception:
             _LOGGER.exception("cluster: adopting user %s failed", msg.data)
 
-    async def _round(self) -> None:
-        """Every third of a lease: renew the leases held, say to each home that this worker's apps are there
-        (taking the home over if it is gone), and now and then adopt a watch whose home died unseen."""
+    async def _renew_all(self) -> None:
+        """Every third of a lease: the leases held here live on."""
         await asyncio.gather(*(self._renew(user_id) for user_id in list(self._held)))
+
+    async def _round(self) -> None:
+        """Every third of a lease: say to each home that this worker's apps are there (taking the home over if it
+        is gone), and now and then adopt a watch whose home died unseen."""
         edges = {conn.user.id: "ping" for conn in self._sockets.overlays()}
         edges.update((conn.user.id, "app_present") for conn in self._sockets.connections())  # apps count more
         await asyncio.gather(*(self._check(user_id, op) for user_id, op in edges.items() if user_id not in self._held))
