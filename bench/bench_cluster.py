@@ -55,12 +55,17 @@ async def connect_all(http: aiohttp.ClientSession, fake: BenchTikTok, dep: Deplo
         async with limit:
             streamer.worker = i % len(dep.servers)
             home = await http.ws_connect(dep.ws_url(streamer.worker, streamer.token), max_msg_size=0)
-            await _wait_connected(home)
+            try:
+                await _wait_connected(home)
+            except TimeoutError:
+                raise RuntimeError(f"{streamer.name}: no `connected` on w{streamer.worker + 1} within 20 s (socket "
+                                   f"closed: {home.closed}, code {home.close_code})") from None
             async with asyncio.timeout(ROOM_WAIT):
                 while streamer.room not in fake.room_sockets:
                     await asyncio.sleep(0.01)
-            ws = home
+            ws, streamer.app_worker = home, streamer.worker
             if spread and targets[i] != streamer.worker:
+                streamer.app_worker = targets[i]
                 extra.append(Follow(home))  # read until the measured socket replaces it (4001)
                 ws = await http.ws_connect(dep.ws_url(targets[i], streamer.token), max_msg_size=0)
             sessions.add(ws)
@@ -95,6 +100,12 @@ async def ladder(fake: BenchTikTok, dep: Deployment, streamers: list[Streamer], 
                 **{f"{name}_cpu_percent": round(100 * (_cpu_of(group) - backend0[name]) / elapsed)
                    for name, group in backends.items()},
                 "sustained": len(latencies) == n and pace >= PACE and lag <= LAG_LIMIT_MS}
+        if len(latencies) < n:  # whose frames went missing: (home, app socket) workers of those streamers
+            short = {streamers[k % len(streamers)].name: (streamers[k % len(streamers)].worker + 1,
+                                                          streamers[k % len(streamers)].app_worker + 1)
+                     for k in range(n) if not recv[k]}
+            step["streamers_missing_frames"] = {"count": len(short), "home_app_workers": sorted(
+                {f"w{h}->w{a}": sum(1 for v in short.values() if v == (h, a)) for h, a in short.values()}.items())}
         steps.append(step)
         print(f"    {rate:>5}/s: received {step['received']}/{n}, p50 {step['p50_ms']} p99 {step['p99_ms']} ms, "
               f"last fifth p50 {step['last_fifth_p50_ms']} ms, worker CPU {step['worker_cpu_percent']} %, "

@@ -72,6 +72,7 @@ class Streamer:
     room: int  # its room in the fake TikTok
     token: str = ""
     worker: int = 0  # index of the worker whose session holds the LIVE (the lease)
+    app_worker: int = 0  # index of the worker the measured app socket is on
     ws: aiohttp.ClientWebSocketResponse | None = None  # the app socket the latencies are measured on
     reader: asyncio.Task[None] | None = None  # reads `ws`; ends when it closes
 
