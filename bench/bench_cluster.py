@@ -58,8 +58,10 @@ async def connect_all(http: aiohttp.ClientSession, fake: BenchTikTok, dep: Deplo
             try:
                 await _wait_connected(home)
             except TimeoutError:
+                cluster_handover.keep_logs(dep, "connect")
                 raise RuntimeError(f"{streamer.name}: no `connected` on w{streamer.worker + 1} within 20 s (socket "
-                                   f"closed: {home.closed}, code {home.close_code})") from None
+                                   f"closed: {home.closed}, code {home.close_code}; the workers' logs are in "
+                                   f"bench/results/cluster-connect-w*.log)") from None
             async with asyncio.timeout(ROOM_WAIT):
                 while streamer.room not in fake.room_sockets:
                     await asyncio.sleep(0.01)

@@ -116,7 +116,7 @@ async def _phase(http: aiohttp.ClientSession, fake: BenchTikTok, dep: Deployment
     out: dict[str, Any] = {"sessions": len(moving), "tiktok_connections_opened": fake.connections - connections0,
                            **{key: figures(group) for key, group in groups.items()}}
     if missed:  # what those apps got instead, and the workers' logs: the product's side of a lost event
-        _keep_logs(dep, "sigterm" if graceful else "kill")
+        keep_logs(dep, "sigterm" if graceful else "kill")
         out["event_lost"] = {"streamers": len(missed), "a_second_event_arrived": again,
                              "examples": [{"streamer": s.name, "app_on": f"w{worker_of[id(s)] + 1}",
                                            "states": app[id(s)].states, "last_frames": list(app[id(s)].recent)}
@@ -130,7 +130,7 @@ async def _phase(http: aiohttp.ClientSession, fake: BenchTikTok, dep: Deployment
     return out
 
 
-def _keep_logs(dep: Deployment, phase: str) -> None:
+def keep_logs(dep: Deployment, phase: str) -> None:
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     for i, server in enumerate(dep.servers):
         if server.log_path.exists():
