@@ -142,6 +142,20 @@ class Broker:
 
         self._subs.append(await self.nc.subscribe(subject, cb=deliver))
 
+    async def unsubscribe(self, sub: Subscription | None, *, drain: bool = False) -> None:
+        """drain: what was sent to it before the server heard of the end is still handled (a request waiting
+        there gets its answer instead of leaving the asker to time out); only while connected, as it takes a
+        round trip. Otherwise the messages not handled yet are dropped."""
+        if sub is None:
+            return
+        try:
+            if drain and self.nc.is_connected:
+                await sub.drain()
+            else:
+                await sub.unsubscribe()
+        except Exception:  # the connection is closing: the subscription goes with it
+            _LOGGER.debug("cluster: unsubscribe from %s failed", sub.subject, exc_info=True)
+
     async def flush(self) -> None:
         await self.nc.flush()
 

@@ -158,12 +158,14 @@ class FrameRelay:
             self._take(user_id, msg)
 
     async def unfollow(self, user_id: int) -> None:
+        await self._broker.unsubscribe(self.stop_following(user_id))
+
+    def stop_following(self, user_id: int) -> Subscription | None:
+        """Forgets the user at once and returns the subscription to end apart: a follow() right after (the
+        channel made again) subscribes anew instead of finding one about to end. Frames the old one still
+        brings meanwhile are dropped by receive() as already taken."""
         following = self._following.pop(user_id, None)
-        if following is not None and following.sub is not None:
-            try:
-                await following.sub.unsubscribe()
-            except Exception:  # the connection is closing: the subscription goes with it
-                _LOGGER.debug("cluster: unsubscribe of user %s failed", user_id, exc_info=True)
+        return following.sub if following is not None else None
 
     async def _stored(self, user_id: int) -> list[Msg]:
         js = self._broker.nc.jetstream()

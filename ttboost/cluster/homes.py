@@ -157,7 +157,13 @@ class Homes:
         await self.frames.unfollow(user_id)
 
     def forgotten(self, user_id: int, home: bool) -> None:
-        self._spawn(self._let_go(user_id) if home else self.frames.unfollow(user_id), f"cluster-forget-{user_id}")
+        # Let go of at once, only the network part waits for the task: a channel made again before it runs (a
+        # socket opening) must neither find the old copy's follow about to end nor this worker still the home.
+        if home:
+            work = self._release(user_id, *self._drop(user_id))
+        else:
+            work = self._broker.unsubscribe(self.frames.stop_following(user_id))
+        self._spawn(work, f"cluster-forget-{user_id}")
 
     # --- the live manager's watches (live/manager.py Watches) ---
 
@@ -229,6 +235,8 @@ class Homes:
         except NatsTimeout:
             raise _busy() from None
         reply = json.loads(msg.data)
+        if reply.get("moved"):
+            return None
         if "error" in reply:
             error = reply["error"]
             raise ApiError(error["status"], error["detail"], error["code"], fields=error.get("fields"),
@@ -242,6 +250,9 @@ class Homes:
             if op == "frame":  # an edge's frame, numbered here
                 if user_id in self._held and self._bus.get(user_id) is not None:
                     self._bus.publish(user_id, args["type"], args["payload"], log=args["log"], live=args["live"])
+                return
+            if user_id not in self._held:  # let go of since the request was sent: the caller asks the next home
+                await msg.respond(json.dumps({"moved": True}).encode())
                 return
             try:
                 reply: dict[str, Any] = {"result": await OPERATIONS[op](self._app, user_id, args)}
@@ -285,7 +296,7 @@ class Homes:
 
     async def _undo_claim(self, user_id: int, revision: int) -> None:
         await self._unsubscribe(user_id)
-        await self._bus.disown(user_id, give_back=True, follow=self._reads(user_id))
+        await self._bus.disown(user_id, give_back=True, follow=True)
         await self._leases.release(user_id, revision)
 
     async def _resume(self, user_id: int) -> None:
@@ -301,16 +312,18 @@ class Homes:
         await self._live.start(user_id, watch["username"], auto=watch["auto"], taken_over=True)
 
     async def _unsubscribe(self, user_id: int) -> None:
-        sub = self._subs.pop(user_id, None)
-        if sub is not None:
-            try:
-                await sub.unsubscribe()
-            except Exception:  # the connection is closing: the subscription goes with it
-                _LOGGER.debug("cluster: unsubscribe of user %s failed", user_id, exc_info=True)
+        await self._broker.unsubscribe(self._subs.pop(user_id, None), drain=True)
 
     async def _let_go(self, user_id: int) -> None:
-        revision = self._held.pop(user_id, None)
-        await self._unsubscribe(user_id)
+        await self._release(user_id, *self._drop(user_id))
+
+    def _drop(self, user_id: int) -> tuple[int | None, Subscription | None]:
+        """No longer the home from now on; the lease and subscription returned are ended by _release()."""
+        return self._held.pop(user_id, None), self._subs.pop(user_id, None)
+
+    async def _release(self, user_id: int, revision: int | None, sub: Subscription | None) -> None:
+        # Drained: a request already on its way is answered (as moved, once this worker is no longer the home).
+        await self._broker.unsubscribe(sub, drain=True)
         if revision is not None:
             try:
                 await self._leases.release(user_id, revision)
@@ -322,13 +335,9 @@ class Homes:
         _LOGGER.warning("cluster: the lease of user %s was lost; its watch stops on this worker", user_id)
         await self._let_go(user_id)
         await self._live.hand_over(user_id)
-        await self._bus.disown(user_id, give_back=False, follow=self._reads(user_id))
-
-    def _reads(self, user_id: int) -> bool:
-        """A socket here reads the user's channel (the app's, or an overlay's)."""
-        channel = self._bus.get(user_id)
-        return channel is not None and (channel.subscriber is not None or bool(channel.overlays)
-                                        or self._sockets.current(user_id) is not None)
+        # Followed even with no socket here now: the channel stays until the janitor forgets it, and a socket
+        # opening meanwhile is handed this one (bus.channel()); a copy nobody feeds would leave it without frames.
+        await self._bus.disown(user_id, give_back=False, follow=True)
 
     async def _on_app_elsewhere(self, body: dict[str, Any]) -> None:
         conn = self._sockets.current(body["user"])

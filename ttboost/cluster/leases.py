@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from typing import Final
 
-from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
+from nats.js.errors import BadRequestError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
 from .broker import Broker
 
 BUCKET: Final = "ttboost_sessions"
+WRONG_LAST_SEQUENCE: Final = 10071  # JetStream's error code: the entry was written since that revision
 
 
 class SessionLeases:
@@ -54,8 +55,9 @@ class SessionLeases:
         """Deletes the lease if it is still the one this worker wrote (never another worker's)."""
         try:
             await self.kv.delete(_key(user_id), last=revision)
-        except KeyWrongLastSequenceError:
-            pass
+        except BadRequestError as exc:  # nats-py raises this, not KeyWrongLastSequenceError, for a delete
+            if exc.err_code != WRONG_LAST_SEQUENCE:
+                raise
 
     async def holder(self, user_id: int) -> str | None:
         try:

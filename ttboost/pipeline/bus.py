@@ -294,7 +294,8 @@ class EventBus:
 
     async def disown(self, user_id: int, *, give_back: bool, follow: bool) -> None:
         """This worker is no longer the user's home (handed over: give_back the unused reservation; lost: keep
-        it); follow: a socket here still reads the channel, so it becomes a copy of the new home's."""
+        it); follow: the channel becomes a copy fed by the new home (False only when this worker is stopping:
+        the channel stays here, and a socket given it later must get frames)."""
         channel = self._channels.get(user_id)
         if channel is None or not channel.home:
             return

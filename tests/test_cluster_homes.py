@@ -1,0 +1,98 @@
+"""Cluster mode: a user's home changing hands while channels are kept, forgotten or made again on the workers."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from tests.fake_live import ScriptedSource
+from tests.helpers import eventually
+from tests.test_cluster import ROSE, workers  # noqa: F401 (the fixture)
+from tests.test_revocation import closed_with
+from tests.test_ws import recv_type, register
+from ttboost import keys
+
+
+def _forgettable(worker: Any, user_id: int) -> None:
+    """As if the user's channel on this worker had been idle for the whole replay window."""
+    worker.app[keys.BUS].get(user_id).touched -= 10**6
+
+
+async def test_a_worker_that_lost_a_lease_feeds_an_app_that_comes_back_to_it(workers) -> None:  # noqa: F811
+    """a lost the user (its lease was taken) with no socket there: its channel stays a copy, and an app socket
+    opening on a later must get the new home's frames through it."""
+    source_a, source_b = ScriptedSource(), ScriptedSource()
+    a = await workers("a", live_source=source_a)
+    b = await workers("b", live_source=source_b)
+    user_id, token = await register(a)
+    first = await a.ws_connect(f"/v2/ws?token={token}")  # a is the home and watches
+    (await source_a.next_watch()).connect()
+    before = await recv_type(first, "status", state="connected")
+    await first.close()
+    leases = a.app[keys.LEASES]
+    await leases.kv.put(f"user.{user_id}", b"intruder")  # a cannot renew: the lease is lost
+    await eventually(lambda: a.app[keys.HOME].holds(user_id), lambda held: not held, timeout=10)
+    await leases.kv.delete(f"user.{user_id}")
+    on_b = await b.ws_connect(f"/v2/ws?token={token}")  # b becomes the home and takes the watch over
+    watch = await source_b.next_watch(timeout=10)
+    watch.connect()
+    connected = await recv_type(on_b, "status", state="connected")
+    if connected["seq"] == before["seq"]:  # the window's replay first
+        connected = await recv_type(on_b, "status", state="connected")
+    on_a = await a.ws_connect(f"/v2/ws?token={token}&since={connected['seq']}")  # the app moves back to a
+    assert (await closed_with(on_b))[0] == 4001
+    watch.emit(ROSE)
+    gift = await recv_type(on_a, "gift")
+    assert gift["seq"] > connected["seq"]
+    await on_a.close()
+
+
+async def test_an_edge_channel_made_again_as_it_is_forgotten_is_fed(workers) -> None:  # noqa: F811
+    """The janitor forgets b's copy channel and a socket makes it again before the unfollow has run."""
+    source = ScriptedSource()
+    a = await workers("a", live_source=source)
+    b = await workers("b")
+    user_id, token = await register(a)
+    ws = await a.ws_connect(f"/v2/ws?token={token}")
+    watch = await source.next_watch()
+    watch.connect()
+    await recv_type(ws, "status", state="connected")
+    bus_b = b.app[keys.BUS]
+    await bus_b.channel(user_id)  # a copy on b (a route or a socket used it)
+    _forgettable(b, user_id)
+    assert bus_b.forget(user_id)
+    channel = await bus_b.channel(user_id)  # made again at once, as by a socket opening then
+    await asyncio.sleep(0.2)  # whatever the forget left to do has run
+    watch.emit(ROSE)
+    gift = await recv_type(ws, "gift")
+    seq = await eventually(lambda: channel.seq, lambda seq: seq >= gift["seq"])
+    assert seq == gift["seq"]  # b's copy got the home's frame
+    await ws.close()
+
+
+async def test_an_operation_as_the_home_forgets_the_user_finds_a_home(workers) -> None:  # noqa: F811
+    """a forgets an idle user it is the home of; an operation arriving before the lease is released must not run
+    on a as if it were still the home (its frames would go nowhere)."""
+    source_a = ScriptedSource()
+    a = await workers("a", live_source=source_a)
+    b = await workers("b")
+    user_id, token = await register(a)
+    resp = await a.post("/v2/settings/update", headers={"Authorization": f"Bearer {token}"},
+                        json={"auto_connect": False})
+    assert resp.status == 200
+    first = await a.ws_connect(f"/v2/ws?token={token}")  # a is the home; no watch
+    await recv_type(first, "status", state="idle")
+    await first.close()
+    homes = a.app[keys.HOME]
+    await eventually(lambda: a.app[keys.LIVE].busy(user_id), lambda busy: not busy)
+    _forgettable(a, user_id)
+    assert a.app[keys.BUS].forget(user_id)
+    await homes.run(user_id, "connect", {"username": "streamer"})  # before the release has run
+    watch = await source_a.next_watch()
+    watch.connect()
+    on_b = await b.ws_connect(f"/v2/ws?token={token}")
+    await recv_type(on_b, "status", state="connected")
+    watch.emit(ROSE)
+    assert (await recv_type(on_b, "gift"))["gift_name"] == "Rose"
+    assert homes.holds(user_id) and a.app[keys.BUS].get(user_id).home
+    await on_b.close()
