@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
@@ -253,6 +254,31 @@ async def test_a_worker_shut_down_hands_its_streamers_over_at_once(workers) -> N
     watch.emit(ROSE)
     frames.append(await recv_type(on_b, "gift"))
     await _seqs_rise(frames)
+    await on_b.close()
+
+
+async def test_an_app_that_reconnects_while_its_home_shuts_down_finds_the_new_home(workers) -> None:
+    """SIGTERM: the stopping worker hands its users over before it closes their sockets, so the app coming back
+    through another worker at once never reaches it as a home (it opened a second TikTok connection there)."""
+    source_a, source_b = ScriptedSource(), ScriptedSource()
+    a = await workers("a", live_source=source_a, lease_seconds=30)
+    b = await workers("b", live_source=source_b, lease_seconds=30)
+    _, token = await register(a)
+    async with aiohttp.ClientSession() as app_http:  # the app's own connection: a's test client closes with a
+        on_a = await app_http.ws_connect(a.make_url(f"/v2/ws?token={token}"))
+        (await source_a.next_watch()).connect()
+        before = await recv_type(on_a, "status", state="connected")
+        closing = asyncio.create_task(a.server.close())  # SIGTERM's graceful shutdown
+        code, _ = await closed_with(on_a)
+    assert code == 1001
+    on_b = await b.ws_connect(f"/v2/ws?token={token}&since={before['seq']}")  # at once, as the app does
+    watch = await source_b.next_watch()
+    await recv_type(on_b, "status", state="reconnecting")  # after a's last status, sent again on connect
+    watch.connect()
+    after = await recv_type(on_b, "status", state="connected")
+    await closing
+    assert source_a.started == ["streamer"]  # a never watched again while it stopped
+    assert after["seq"] > before["seq"]
     await on_b.close()
 
 

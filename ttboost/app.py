@@ -24,7 +24,7 @@ from .api import streams as streams_api
 from .api import triggers as triggers_api
 from .api import tts as tts_api
 from .config import Config
-from .cluster.wiring import cluster_ctx, homes_ctx
+from .cluster.wiring import cluster_ctx, hand_over_homes, homes_ctx
 from .db import AnyDatabase, PostgresDatabase, make_database
 from .licenses import has_active_license
 from .live.history import StreamRows
@@ -272,6 +272,8 @@ def create_app(config: Config, *, live_source: LiveSource | None = None, tts_eng
     # First at startup, before any resource opens: by then every route (CORS too) exists, and one without
     # docs stops the server rather than silently missing from /v2/openapi.json.
     app.on_startup.insert(0, openapi.check_on_startup)
+    if config.cluster.nats_url:
+        app.on_shutdown.append(hand_over_homes)  # first: the users' new homes exist before their apps come back
     app.on_shutdown.append(_close_sockets)
     app.on_response_prepare.append(_server_header)
 

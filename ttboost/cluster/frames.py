@@ -107,6 +107,16 @@ class FrameRelay:
         self._outbox.append((subject(user_id), frame.encode(), headers))
         self._ready.set()
 
+    async def drained(self) -> None:
+        """Returns once every frame sent so far has gone to NATS (CLOSE_SEND_SECONDS at most): a handover waits
+        for it, so that the old home's last frames are on NATS before the new home's first."""
+        try:
+            async with asyncio.timeout(CLOSE_SEND_SECONDS):
+                while self._outbox:
+                    await asyncio.sleep(0.005)  # the pump is at it; a handover happens once per shutdown
+        except TimeoutError:
+            _LOGGER.warning("cluster: %d frames still wait for NATS", len(self._outbox))
+
     def post(self, subject_: str, data: bytes) -> None:
         """Any other message that must keep its order after the frames sent before it (a frame for a home)."""
         self._outbox.append((subject_, data, {}))

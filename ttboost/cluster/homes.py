@@ -102,11 +102,14 @@ class Homes:
         await self._broker.subscribe(APPS_SUBJECT, self._on_app_elsewhere)
         self._rounds.start()
 
-    async def close(self) -> None:
-        """Hands every user over: the watch stops here without a word to the app, the unused seq numbers go back,
-        the frames still on their way are sent, then the lease is released and another worker adopts the user.
-        The home subjects go first: an edge asking meanwhile waits for the new home instead of starting a watch
-        here again."""
+    async def hand_over_all(self) -> None:
+        """At shutdown, before the app sockets close (on_shutdown): hands every user over. This worker stops
+        answering for them first, so that an app reconnecting elsewhere meanwhile waits for the new home instead
+        of starting a watch here again; then, for all users at once, the watch stops without a word to the app,
+        the unused seq numbers go back, the frames on their way are sent, the lease is released and another worker
+        is asked to adopt the user (it resumes the watch the bucket of watches names)."""
+        if self._closing:
+            return
         self._closing = True
         await self._rounds.close()
         await self._keeper.close()
@@ -115,21 +118,19 @@ class Homes:
         held = list(self._held)
         for user_id in held:
             await self._unsubscribe(user_id)
-        await asyncio.gather(*(self._hand_over(user_id) for user_id in held))
-        await self.frames.close()
-        for user_id in held:
-            await self._let_go(user_id)
         for _ in range(200):  # the last started/stopped marks reach the bucket (2 s at most: NATS may be away)
             if not self._watch_writes:
                 break
             await asyncio.sleep(0.01)
+        await asyncio.gather(*(self._hand_over(user_id) for user_id in held))
         try:
-            for user_id in held:
-                if await self._watch_of(user_id) is not None:
-                    await self._broker.nc.publish(ADOPT_SUBJECT, str(user_id).encode())
             await self._broker.flush()
         except Exception:  # NATS away: the watches are adopted by the others' sweep instead
             _LOGGER.warning("cluster: could not ask another worker to adopt the watches", exc_info=True)
+
+    async def close(self) -> None:
+        await self.hand_over_all()
+        await self.frames.close()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -138,8 +139,14 @@ class Homes:
         try:
             await self._live.hand_over(user_id)
             await self._bus.disown(user_id, give_back=True, follow=False)
+            await self.frames.drained()  # the old home's last frames go before the new home's first
         except Exception:  # one user's trouble must not keep the others from being handed over
             _LOGGER.exception("cluster: handing user %s over failed", user_id)
+        await self._let_go(user_id)
+        try:
+            await self._broker.nc.publish(ADOPT_SUBJECT, str(user_id).encode())
+        except Exception:
+            _LOGGER.warning("cluster: could not ask another worker to adopt user %s", user_id, exc_info=True)
 
     # --- the bus's relay (pipeline/bus.py Relay) ---
 
@@ -286,12 +293,14 @@ class Homes:
                 except BaseException:
                     await asyncio.shield(self._undo_claim(user_id, revision))
                     raise
+                _LOGGER.info("cluster: worker %s is now the home of user %s", self._broker.worker_id, user_id)
+                # Before anything here runs an operation for the user (an app's auto_connect would start the watch
+                # as new, `connecting`, where the app should see the old one go on: `reconnecting`).
+                await self._resume(user_id)
                 self._held[user_id] = revision
         finally:
             if not lock.locked():
                 self._claiming.pop(user_id, None)
-        _LOGGER.info("cluster: worker %s is now the home of user %s", self._broker.worker_id, user_id)
-        await self._resume(user_id)
         return True
 
     async def _undo_claim(self, user_id: int, revision: int) -> None:
@@ -301,15 +310,19 @@ class Homes:
 
     async def _resume(self, user_id: int) -> None:
         """Goes on with the watch a home that died or stopped was running; a stream row it left open (killed)
-        ends as `crashed` first, as at a single process's restart."""
-        if self._live.session(user_id) is None:
-            await close_dangling(self._app[keys.DB], user_id)
-        watch = await self._watch_of(user_id)
-        session = self._live.session(user_id)
-        if watch is None or (session is not None and session.running):
-            return
-        _LOGGER.info("cluster: taking over the LIVE watch of user %s (@%s)", user_id, watch["username"])
-        await self._live.start(user_id, watch["username"], auto=watch["auto"], taken_over=True)
+        ends as `crashed` first, as at a single process's restart. A failure here costs the watch, not the home
+        (the app's connect_tiktok or auto_connect starts it again)."""
+        try:
+            if self._live.session(user_id) is None:
+                await close_dangling(self._app[keys.DB], user_id)
+            watch = await self._watch_of(user_id)
+            session = self._live.session(user_id)
+            if watch is None or (session is not None and session.running):
+                return
+            _LOGGER.info("cluster: taking over the LIVE watch of user %s (@%s)", user_id, watch["username"])
+            await self._live.start(user_id, watch["username"], auto=watch["auto"], taken_over=True)
+        except Exception:
+            _LOGGER.exception("cluster: the watch of user %s could not be taken over", user_id)
 
     async def _unsubscribe(self, user_id: int) -> None:
         await self._broker.unsubscribe(self._subs.pop(user_id, None), drain=True)

@@ -51,6 +51,13 @@ async def homes_ctx(app: web.Application) -> AsyncIterator[None]:
     await homes.close()
 
 
+async def hand_over_homes(app: web.Application) -> None:
+    """on_shutdown, before the sockets close: apps that reconnect to another worker find their new home there."""
+    home = app.get(keys.HOME)
+    if isinstance(home, Homes):
+        await home.hand_over_all()
+
+
 async def health_block(app: web.Application) -> dict[str, object] | None:
     """The /health "cluster" block, or None in one process."""
     broker = app.get(keys.BROKER)
