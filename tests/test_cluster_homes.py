@@ -8,7 +8,7 @@ from typing import Any
 from tests.fake_live import ScriptedSource
 from tests.helpers import eventually
 from tests.test_cluster import ROSE, workers  # noqa: F401 (the fixture)
-from tests.test_revocation import closed_with
+from tests.test_revocation import FAST, closed_with
 from tests.test_ws import recv_type, register
 from ttboost import keys
 
@@ -96,3 +96,62 @@ async def test_an_operation_as_the_home_forgets_the_user_finds_a_home(workers) -
     assert (await recv_type(on_b, "gift"))["gift_name"] == "Rose"
     assert homes.holds(user_id) and a.app[keys.BUS].get(user_id).home
     await on_b.close()
+
+
+async def test_a_licence_ending_with_the_app_on_an_edge_stops_the_watch_on_the_home(workers) -> None:  # noqa: F811
+    source_a = ScriptedSource()
+    a = await workers("a", live_source=source_a, tiktok={"idle_stop_minutes": 0.05}, **FAST)
+    b = await workers("b", live_source=ScriptedSource(), **FAST)
+    user_id, token = await register(a)
+    first = await a.ws_connect(f"/v2/ws?token={token}")  # a becomes the home and watches
+    watch = await source_a.next_watch()
+    watch.connect()
+    await recv_type(first, "status", state="connected")
+    on_b = await b.ws_connect(f"/v2/ws?token={token}")  # the app moves to b
+    assert (await closed_with(first))[0] == 4001
+    await a.app[keys.DB].execute("UPDATE licenses SET expires_at = '2000-01-01T00:00:00Z' WHERE user_id = ?",
+                                 (user_id,))
+    code, frames = await closed_with(on_b)
+    assert code == 4003 and ("error", "license_expired") in [(f["type"], f.get("code")) for f in frames]
+    await eventually(lambda: watch.cancelled, bool, timeout=10)
+    assert watch.cancelled
+
+
+async def test_settings_changed_through_a_third_worker_reach_the_home(workers) -> None:  # noqa: F811
+    source_a, source_b, source_c = ScriptedSource(), ScriptedSource(), ScriptedSource()
+    a = await workers("a", live_source=source_a)
+    b = await workers("b", live_source=source_b)
+    c = await workers("c", live_source=source_c)
+    _, token = await register(a)
+    first = await a.ws_connect(f"/v2/ws?token={token}")  # a is the home and watches @streamer
+    (await source_a.next_watch()).connect()
+    await recv_type(first, "status", state="connected")
+    on_b = await b.ws_connect(f"/v2/ws?token={token}")  # the app on b
+    headers = {"Authorization": f"Bearer {token}"}
+    resp = await c.post("/v2/settings/update", headers=headers, json={"tiktok_username": "fixed_typo"})
+    assert resp.status == 200
+    assert (await source_a.next_watch()).unique_id == "fixed_typo"  # switched where the watch runs
+    resp = await c.post("/v2/settings/update", headers=headers, json={"auto_connect": False})
+    assert resp.status == 200  # the watch auto_connect started stops
+    await recv_type(on_b, "status", state="idle")
+    resp = await c.post("/v2/settings/update", headers=headers, json={"auto_connect": True})
+    assert resp.status == 200  # on again with the app on b: it starts again, on a
+    assert (await source_a.next_watch()).unique_id == "fixed_typo"
+    assert not source_b.started and not source_c.started
+    await on_b.close()
+
+
+async def test_an_overlay_on_a_worker_that_is_not_the_home_gets_the_frames(workers) -> None:  # noqa: F811
+    a = await workers("a", live_source=ScriptedSource())
+    b = await workers("b", live_source=ScriptedSource())
+    user_id, token = await register(a)
+    headers = {"Authorization": f"Bearer {token}"}
+    key = (await (await a.post("/v2/overlay/key", headers=headers)).json())["key"]
+    overlay = await b.ws_connect(f"/v2/overlay/ws?key={key}")  # no app, no home anywhere yet
+    await eventually(lambda: a.app[keys.HOME].holds(user_id) or b.app[keys.HOME].holds(user_id), bool)
+    for worker in (a, b):  # simulated through the home and through the other worker
+        resp = await worker.post("/v2/events/simulate", headers=headers, json={"type": "chat", "message": "hi"})
+        assert resp.status == 200
+        chat = await recv_type(overlay, "chat")
+        assert chat["seq"] == (await resp.json())["seq"]
+    await overlay.close()
