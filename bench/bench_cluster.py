@@ -32,10 +32,10 @@ import aiohttp
 from bench import cluster_handover
 from bench.bench_capacity import BENCH_SETTINGS, CONNECT_CONCURRENCY, SETTLE_SECONDS, Sessions, send_and_wait
 from bench.bench_pipeline import _server_env, _wait_connected
-from bench.cluster_setup import Deployment, Follow, Streamer
+from bench.cluster_setup import Deployment, Follow, Streamer, seq_in
 from bench.common import cpu_seconds, machine, summary_ms, write_result
 from bench.fake_push import BenchTikTok, FrameFactory
-from bench.workload import event_spec
+from bench.workload import event_spec, index_in
 
 RATES: Final = (500, 1000, 1500, 2000, 2500, 3000, 4000, 5000)  # aggregate events/s, one step each
 REFERENCE_RATE: Final = 1000  # every configuration's latency is also shown at this rate
@@ -70,10 +70,17 @@ async def connect_all(http: aiohttp.ClientSession, fake: BenchTikTok, dep: Deplo
                 streamer.app_worker = targets[i]
                 extra.append(Follow(home))  # read until the measured socket replaces it (4001)
                 ws = await http.ws_connect(dep.ws_url(targets[i], streamer.token), max_msg_size=0)
-            sessions.add(ws)
+            sessions.add(ws, lambda msg, s=streamer: _index_noting_seq(s, msg))
             streamer.ws, streamer.reader = ws, sessions.readers[-1]
 
     await asyncio.gather(*(one(i, s) for i, s in enumerate(streamers)))
+
+
+def _index_noting_seq(streamer: Streamer, msg: aiohttp.WSMessage) -> int:
+    """The event index of a frame (bench/workload.py), remembering the streamer's last seq on the way: an app
+    that reconnects asks for what it missed with `since`."""
+    streamer.last_seq = max(streamer.last_seq, seq_in(msg.data))
+    return index_in(msg.data)
 
 
 async def ladder(fake: BenchTikTok, dep: Deployment, streamers: list[Streamer], sessions: Sessions,

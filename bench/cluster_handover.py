@@ -3,7 +3,7 @@ another.
 
 Of the streamers whose home the worker is, half first move their app to a surviving worker ("app elsewhere": a
 socket there replaces the one on the home, 4001, and the frames come through NATS); the other half keep their
-app on the home, and it reconnects to a surviving worker as soon as its socket closes ("app reconnects"). From
+app on the home, and it reconnects (with `since`) to a surviving worker as soon as its socket closes ("app reconnects"). From
 the signal on, the benchmark watches the fake TikTok: when a streamer's room gets a new push socket (another
 worker took the LIVE over), one event goes into it at once. Figures, from the signal: the new TikTok
 connection, that event on the app's socket, and the app's `connected` status after a state that was not (when
@@ -51,9 +51,9 @@ async def _phase(http: aiohttp.ClientSession, fake: BenchTikTok, dep: Deployment
     app: dict[int, Follow] = {}  # id(streamer) -> the app's socket after the handover
     worker_of: dict[int, int] = {}
 
-    async def open_on(worker: int, streamer: Streamer) -> Follow:
+    async def open_on(worker: int, streamer: Streamer, since: int = 0) -> Follow:
         async with limit:
-            follow = Follow(await http.ws_connect(dep.ws_url(worker, streamer.token), max_msg_size=0))
+            follow = Follow(await http.ws_connect(dep.ws_url(worker, streamer.token, since), max_msg_size=0))
         follows.append(follow)
         app[id(streamer)], worker_of[id(streamer)] = follow, worker
         return follow
@@ -84,7 +84,9 @@ async def _phase(http: aiohttp.ClientSession, fake: BenchTikTok, dep: Deployment
     async def reconnect(j: int, streamer: Streamer) -> None:
         assert streamer.reader is not None
         await asyncio.wait({streamer.reader})  # the app's socket to the victim closed
-        await open_on(survivors[j % len(survivors)], streamer)
+        # As the app does: back with `since`, so a frame made while it was away is replayed, not lost.
+        since = streamer.follow.last_seq if streamer.follow else streamer.last_seq
+        await open_on(survivors[j % len(survivors)], streamer, since)
 
     reconnects = asyncio.gather(*(reconnect(j, s) for j, s in enumerate(groups["app_reconnects"])))
     factory = FrameFactory(0)
@@ -126,6 +128,7 @@ async def _phase(http: aiohttp.ClientSession, fake: BenchTikTok, dep: Deployment
     for streamer in moving:
         follow = app[id(streamer)]
         streamer.worker, streamer.ws, streamer.reader = worker_of[id(streamer)], follow.ws, follow.task
+        streamer.follow = follow
     print(f"  {describe_phase(name, out)}", flush=True)
     return out
 

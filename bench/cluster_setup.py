@@ -27,6 +27,7 @@ class Follow:
         self.state_times: list[float] = []
         self.seen: dict[int, float] = {}  # event index -> arrival (time.perf_counter)
         self.recent: deque[str] = deque(maxlen=8)  # the last frames, as sent: to say what a socket got instead
+        self.last_seq = 0  # what an app reconnecting with `since` would ask for
         self.status = asyncio.Event()  # any status frame so far
         self.task = asyncio.create_task(self._read())
 
@@ -38,6 +39,7 @@ class Follow:
                 continue
             now, data = time.perf_counter(), msg.data
             self.recent.append(data[:160])
+            self.last_seq = max(self.last_seq, seq_in(data))
             if '"type":"status"' in data:
                 state = data.split('"state":"', 1)[1].split('"', 1)[0] if '"state":"' in data else "?"
                 self.states.append(state)
@@ -66,6 +68,17 @@ class Follow:
         await asyncio.gather(self.task, return_exceptions=True)
 
 
+def seq_in(frame: str) -> int:
+    """A frame's seq (every frame to the app has one, near its start), or 0."""
+    at = frame.find('"seq":')
+    if at < 0:
+        return 0
+    end = at + 6
+    while end < len(frame) and frame[end].isdigit():
+        end += 1
+    return int(frame[at + 6:end] or 0)
+
+
 @dataclass(eq=False)
 class Streamer:
     name: str
@@ -75,6 +88,8 @@ class Streamer:
     app_worker: int = 0  # index of the worker the measured app socket is on
     ws: aiohttp.ClientWebSocketResponse | None = None  # the app socket the latencies are measured on
     reader: asyncio.Task[None] | None = None  # reads `ws`; ends when it closes
+    last_seq: int = 0  # the highest seq its measured socket received (while a Sessions reader reads it)
+    follow: Follow | None = None  # the Follow reading `ws`, once a handover replaced the first socket
 
 
 class Deployment:
@@ -142,8 +157,9 @@ class Deployment:
                 continue  # gone meanwhile
         return {"nats": [self.nats.pid], "postgresql": [postmaster, *children]}
 
-    def ws_url(self, index: int, token: str) -> str:
-        return self.servers[index].url.replace("http", "ws", 1) + "/v2/ws?token=" + token
+    def ws_url(self, index: int, token: str, since: int = 0) -> str:
+        url = self.servers[index].url.replace("http", "ws", 1) + "/v2/ws?token=" + token
+        return url + f"&since={since}" if since else url
 
     async def add_streamers(self, fake: Any, names: list[str], settings: Mapping[str, Any]) -> list[Streamer]:
         """Accounts with an active licence (direct inserts: no bcrypt), each with its own LIVE room."""
