@@ -28,6 +28,7 @@ from typing import Any, Final
 from aiohttp import web
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import NotFoundError
@@ -236,7 +237,12 @@ class Homes:
         try:
             msg = await self._broker.nc.request(home_subject(user_id), body, timeout=CALL_TIMEOUT)
         except NoRespondersError:
-            if await self.claim(user_id):
+            try:
+                claimed = await self.claim(user_id)
+            except NatsError:  # NATS slow to answer the lease's create (a busy machine): the caller tries again
+                _LOGGER.warning("cluster: user %s: taking the lease failed", user_id, exc_info=True)
+                return None
+            if claimed:
                 return await OPERATIONS[op](self._app, user_id, args)
             return None
         except NatsTimeout:
