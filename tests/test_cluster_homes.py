@@ -155,3 +155,28 @@ async def test_an_overlay_on_a_worker_that_is_not_the_home_gets_the_frames(worke
         chat = await recv_type(overlay, "chat")
         assert chat["seq"] == (await resp.json())["seq"]
     await overlay.close()
+
+
+async def test_a_home_that_cannot_be_reached_is_an_error_frame_not_a_closed_socket(workers) -> None:  # noqa: F811
+    """The lease is held by a worker that never answers (hung): the app's socket hears `busy` and stays open."""
+    a = await workers("a", live_source=ScriptedSource(), lease_seconds=1)
+    user_id, token = await register(a)
+    leases = a.app[keys.LEASES]
+
+    async def hold() -> None:
+        while True:
+            await leases.kv.put(f"user.{user_id}", b"hung")
+            await asyncio.sleep(0.2)
+
+    holding = asyncio.create_task(hold())
+    try:
+        await eventually(lambda: leases.holder(user_id), lambda holder: holder == "hung")
+        ws = await a.ws_connect(f"/v2/ws?token={token}")  # app_opened waits for a home, in vain
+        error = await recv_type(ws, "error")
+        assert error["code"] == "busy"
+        await ws.send_json({"action": "ping"})
+        assert (await recv_type(ws, "pong"))["type"] == "pong"  # still open
+    finally:
+        holding.cancel()
+        await asyncio.gather(holding, return_exceptions=True)
+    await ws.close()

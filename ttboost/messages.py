@@ -31,6 +31,7 @@ _TEXTS: Final[dict[str, tuple[str, str]]] = {
     "tiktok_username_missing": ("Укажите имя пользователя TikTok в настройках",
                                 "Set your TikTok username in the settings"),
     "bad_request": ("Неверное сообщение", "Malformed message"),
+    "busy": ("Сервер занят, попробуйте ещё раз", "The server is busy, try again"),  # cluster: no home in time
 }
 
 

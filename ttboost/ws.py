@@ -12,7 +12,7 @@ from marshmallow import Schema, fields
 from . import keys
 from .api.common import bearer_token, user_for_token
 from .bodies import InvalidJSON, parse_json
-from .errors import validation_error
+from .errors import ApiError, validation_error
 from .accounts import normalize_username
 from .licenses import has_active_license
 from .messages import pick_language, text
@@ -141,11 +141,20 @@ async def _start_stream(app: web.Application, conn: Connection, *, since: int, d
     starts the LIVE watch (where the user's home is) or the demo."""
     user_id = conn.user.id
     _replay(app, conn, since)
-    await app[keys.HOME].run(user_id, "app_opened", {"demo": demo, "language": conn.language})
+    await _on_home(app, conn, "app_opened", {"demo": demo, "language": conn.language})
     if demo:
         limits = app[keys.CONFIG].limits
         conn.demo = asyncio.create_task(run_demo(app[keys.DISPATCHER], user_id, limits.demo_min_seconds,
                                                  limits.demo_max_seconds), name=f"demo-{user_id}")
+
+
+async def _on_home(app: web.Application, conn: Connection, op: str, args: dict[str, Any]) -> None:
+    """Runs the operation where the user's session lives. Its refusal (cluster mode: `busy`, no home could be
+    reached in time) is an error frame and the socket stays open for the app to ask again, not a close 1011."""
+    try:
+        await app[keys.HOME].run(conn.user.id, op, args)
+    except ApiError as exc:
+        conn.send_local("error", code=exc.code, message=text(exc.code, conn.language))
 
 
 def _replay(app: web.Application, conn: Connection, since: int) -> None:
@@ -168,7 +177,6 @@ async def _handle(app: web.Application, conn: Connection, data: str) -> None:
         action = message.get("action") if isinstance(message, dict) else None
     except InvalidJSON:  # also nesting past 32 levels, NaN/Infinity and 1e309
         action = None
-    user_id = conn.user.id
     if action == "ping":
         conn.send_local("pong")
     elif action == "resume":
@@ -183,7 +191,7 @@ async def _handle(app: web.Application, conn: Connection, data: str) -> None:
     elif action == "connect_tiktok":
         await _connect_tiktok(app, conn, message.get("username"))
     elif action == "disconnect_tiktok":
-        await app[keys.HOME].run(user_id, "disconnect", {})
+        await _on_home(app, conn, "disconnect", {})
     else:
         conn.send_local("error", code="bad_request", message=text("bad_request", language))
 
@@ -207,4 +215,4 @@ async def _connect_tiktok(app: web.Application, conn: Connection, raw_username: 
     if not await has_active_license(app[keys.DB], user_id):
         conn.send_local("error", code="license_expired", message=text("license_expired", language))
         return
-    await app[keys.HOME].run(user_id, "connect", {"username": username})
+    await _on_home(app, conn, "connect", {"username": username})
