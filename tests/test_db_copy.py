@@ -68,15 +68,19 @@ async def test_import_then_backup_round_trips_every_row(tmp_path: Path, pg_url: 
     await _fill(source)
     original = await _dump(source)
     await source.close()
+    old_secret = "the-old-servers-generated-jwt-secret-0123456789"
+    (tmp_path / "jwt.secret").write_text(old_secret + "\n", encoding="ascii")  # beside it, as data/ holds them
 
     config_file = _config_file(tmp_path, pg_url)
     code, out, err = await _cli(config_file, capsys, "db", "import", str(tmp_path / "old.db"))
     assert code == 0, err
     assert "events: 2500 rows" in out and "triggers: 2 rows" in out
+    assert "jwt.secret: carried over" in out and "tts.secret" not in out  # no tts.secret there: made anew
 
     pg = PostgresDatabase(pg_url)
     await pg.open()
     try:
+        assert await pg.shared_secret("jwt") == old_secret  # the apps' tokens stay valid on the cluster
         assert await _dump(pg) == original
         assert [s.filename for s in await sounds.list_sounds(pg, 1)] == ["c.mp3", "a.mp3", "b.mp3"]
         new_id = await pg.execute("INSERT INTO triggers (user_id, event_type, condition_key, action, created_at) "

@@ -17,7 +17,7 @@ from .db import AnyDatabase, Database, DatabaseError, DatabaseUnavailable, Postg
 from .db.copy import copy_database
 from .errors import ApiError
 from .logsetup import setup_logging
-from .security import PasswordHasher
+from .security import SHARED_SECRETS, PasswordHasher
 from .timeutil import utcnow
 from .users import get_user_by_name
 
@@ -171,6 +171,13 @@ async def _db_import(db: AnyDatabase, config: Config, args: argparse.Namespace) 
     finally:
         await source.close()
     print("\n".join(f"{table}: {count} rows" for table, count in copied.items()))
+    # The generated secrets beside it (data/jwt.secret, tts.secret): on PostgreSQL they live in the database,
+    # and without the old JWT secret every app would have to log in again.
+    for name in SHARED_SECRETS:
+        path = source_path.parent / f"{name}.secret"
+        if path.is_file():
+            await db.set_shared_secret(name, (await asyncio.to_thread(path.read_text, encoding="ascii")).strip())
+            print(f"{path.name}: carried over")
     return 0
 
 

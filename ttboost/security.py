@@ -30,6 +30,7 @@ KEY_GROUPS: Final = 3
 KEY_GROUP_LEN: Final = 4
 JWT_ALGORITHM: Final = "HS256"
 SECRET_BYTES: Final = 32  # generated JWT secret length
+SHARED_SECRETS: Final = ("jwt", "tts")  # the generated data/<name>.secret files (in PostgreSQL: cluster_secrets)
 VERIFIED_TOKENS_KEPT: Final = 10_000  # checked tokens remembered (~300 bytes each); past this it starts over
 ID_MAX: Final = 2**63 - 1  # SQLite's INTEGER: a larger user id cannot even be a query parameter
 _CANONICAL_ID: Final = re.compile(r"[1-9][0-9]{0,18}")  # "1", never " 1", "01", "+1" or "1.0"

@@ -61,6 +61,9 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     statement, and undoes nothing here: no session setting, listener, cursor or session lock is ever taken."""
 
 
+_SECRETS_TABLE: Final = "CREATE TABLE IF NOT EXISTS cluster_secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL)"
+
+
 class PostgresDatabase:
     """A pool of asyncpg connections; statements are written in SQLite's dialect and translated (dialect.py)."""
 
@@ -250,13 +253,19 @@ class PostgresDatabase:
         Kept beside, not in, the numbered schema: SQLite keeps these as files, and backups leave them out.
         """
         async with self.transaction():
-            await self.execute("CREATE TABLE IF NOT EXISTS cluster_secrets "
-                               "(name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            await self.execute(_SECRETS_TABLE)
             value = await self.fetchval("SELECT value FROM cluster_secrets WHERE name = ?", (name,))
             if value is None:
                 value = secrets.token_urlsafe(SECRET_BYTES)
                 await self.execute("INSERT INTO cluster_secrets (name, value) VALUES (?, ?)", (name, value))
         return str(value)
+
+    async def set_shared_secret(self, name: str, value: str) -> None:
+        """`db import`: the secret of the SQLite server being moved here, so that its tokens stay valid."""
+        async with self.transaction():
+            await self.execute(_SECRETS_TABLE)
+            await self.execute("INSERT INTO cluster_secrets (name, value) VALUES (?, ?) "
+                               "ON CONFLICT (name) DO UPDATE SET value = excluded.value", (name, value))
 
     async def cached(self, key: Hashable, load: Callable[[], Awaitable[T]]) -> T:
         """Always `load()` (one round trip, ~0.2 ms): other workers and the CLI commit too, and PostgreSQL has
