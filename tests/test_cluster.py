@@ -370,3 +370,26 @@ async def test_the_registry_lists_every_worker_while_they_beat(nats_url: str) ->
         await asyncio.gather(beating, return_exceptions=True)
         for broker in brokers:
             await broker.close()
+
+
+async def test_a_lease_released_after_another_worker_took_it_is_left_alone(nats_url: str) -> None:
+    """An expired lease taken by another worker: the late release is a no-op, not an error, and theirs stays."""
+    from ttboost.cluster.broker import Broker
+    from ttboost.cluster.leases import SessionLeases
+
+    a, b = Broker(nats_url, "a", lease_seconds=30), Broker(nats_url, "b", lease_seconds=30)
+    for broker in (a, b):
+        await broker.open()
+    try:
+        leases_a, leases_b = SessionLeases(a), SessionLeases(b)
+        await leases_a.start()
+        await leases_b.start()
+        old = await leases_a.acquire(7)
+        assert old is not None
+        await leases_b.kv.delete("user.7")  # as if it had expired
+        assert await leases_b.acquire(7) is not None
+        await leases_a.release(7, old)  # raised BadRequestError 10071 before
+        assert await leases_a.holder(7) == "b"
+    finally:
+        for broker in (a, b):
+            await broker.close()
