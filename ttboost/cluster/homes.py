@@ -117,8 +117,8 @@ class Homes:
         if self._adopt is not None:
             await self._adopt.unsubscribe()
         held = list(self._held)
-        for user_id in held:
-            await self._unsubscribe(user_id)
+        # All at once: each drain is a round trip to NATS (one after another, hundreds of users took seconds).
+        await asyncio.gather(*(self._unsubscribe(user_id) for user_id in held))
         for _ in range(200):  # the last started/stopped marks reach the bucket (2 s at most: NATS may be away)
             if not self._watch_writes:
                 break
