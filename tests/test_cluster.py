@@ -21,6 +21,7 @@ from tests.test_ws import recv, recv_type, register
 from ttboost import keys
 from ttboost.app import create_app
 from ttboost.config import ConfigError, load_config
+from ttboost.home import OPERATIONS
 from ttboost.pipeline.events import LiveEvent
 
 ROSE = LiveEvent("gift", user="Bob", username="bob", gift_id=5655, gift_name="Rose", count=1, diamond_count=1)
@@ -295,6 +296,44 @@ async def test_a_watch_whose_home_went_silent_is_adopted_with_no_app_anywhere(wo
         await loop.close()  # a stops renewing and looking around, as a frozen or killed worker would
     watch = await source_b.next_watch(timeout=10)  # b's sweep finds the watch without a home
     assert watch.unique_id == "streamer"
+
+
+async def test_a_socket_whose_home_dies_while_answering_its_opening_gets_the_next_home(workers, monkeypatch) -> None:
+    # The app's socket opens on b while a is the home; a takes the "app opened" call and dies before answering
+    # (kill -9 drops its NATS subscription, and no one tells b). b asks again and becomes the home once a's lease
+    # lapsed; the socket got `busy` (before that, a 1011 close) after CALL_TIMEOUT (10 s) instead.
+    a = await workers("a", live_source=ScriptedSource(), lease_seconds=1)
+    b = await workers("b", live_source=ScriptedSource(), lease_seconds=1)
+    user_id, token = await register(a)
+    on_a = await a.ws_connect(f"/v2/ws?token={token}")
+    await recv_type(on_a, "status")  # a is the home
+    taken, dying = asyncio.Event(), asyncio.Event()
+    opened = OPERATIONS["app_opened"]
+
+    async def app_opened(app: Any, user: int, args: dict[str, Any]) -> dict[str, Any]:
+        if app is a.app:  # the call reached a, which never answers it
+            taken.set()
+            await dying.wait()
+        return await opened(app, user, args)
+
+    monkeypatch.setitem(OPERATIONS, "app_opened", app_opened)
+    on_b = await b.ws_connect(f"/v2/ws?token={token}")
+    await on_b.send_json({"action": "ping"})  # read once the socket's opening is through
+    await asyncio.wait_for(taken.wait(), 10)
+    home_a = a.app[keys.HOME]
+    for loop in (home_a._keeper, home_a._rounds):
+        await loop.close()  # a dies: no more renewals or rounds, and nothing answers for the user there
+    await home_a._subs[user_id].unsubscribe()  # at once, not drained: a killed worker answers nothing more
+    try:
+        frames = [await recv(on_b, timeout=15)]  # a ceiling: a's 1 s lease lapses, then b answers itself
+        while frames[-1]["type"] != "pong":
+            frames.append(await recv(on_b, timeout=15))
+        assert [f for f in frames if f["type"] == "error"] == []  # was `busy` (or a 1011 close) after 10 s
+        assert b.app[keys.HOME].holds(user_id)
+    finally:
+        dying.set()
+    await on_b.close()
+    await on_a.close()
 
 
 async def test_a_home_whose_lease_was_taken_closes_its_connection_and_comes_back(workers) -> None:

@@ -51,6 +51,10 @@ WATCHES_BUCKET: Final = "ttboost_watches"  # user.<id> -> {"username", "auto"} o
 ADOPT_SUBJECT: Final = "ttboost.adopt"
 APPS_SUBJECT: Final = "ttboost.apps"  # an app socket opened on a worker: the user's older one elsewhere closes
 CALL_TIMEOUT: Final = 10.0  # seconds for the home's answer (a connect may wait for a stopping watch)
+# Operations that only say an app or an overlay is there: harmless to ask twice. A home that took one and died
+# before answering (kill -9: NATS cannot tell the caller) costs one lease, then they go to the next home; an app
+# socket opening meanwhile was closed 1011 after CALL_TIMEOUT instead.
+PRESENCE_OPS: Final = frozenset({"app_opened", "app_present", "ping"})
 SWEEP_EVERY: Final = 3  # rounds between looks for watches whose home died with no app anywhere
 
 
@@ -232,10 +236,13 @@ class Homes:
             await asyncio.sleep(0.1)  # the lease is held by a worker that died or is not subscribed yet
 
     async def _ask(self, user_id: int, op: str, args: dict[str, Any]) -> dict[str, Any] | None:
-        """The home's answer; None when no worker answers and this one could not become the home either."""
+        """The home's answer; None when no worker answers and this one could not become the home either, or when
+        the home did not answer a presence op within a lease."""
         body = json.dumps({"op": op, "args": {**args, "remote": True}}).encode()
+        presence = op in PRESENCE_OPS
+        timeout = min(CALL_TIMEOUT, self._leases.lease_seconds) if presence else CALL_TIMEOUT
         try:
-            msg = await self._broker.nc.request(home_subject(user_id), body, timeout=CALL_TIMEOUT)
+            msg = await self._broker.nc.request(home_subject(user_id), body, timeout=timeout)
         except NoRespondersError:
             try:
                 claimed = await self.claim(user_id)
@@ -246,6 +253,8 @@ class Homes:
                 return await OPERATIONS[op](self._app, user_id, args)
             return None
         except NatsTimeout:
+            if presence:
+                return None  # dead or frozen: run() asks again, and takes the home once its lease lapsed
             raise _busy() from None
         reply = json.loads(msg.data)
         if reply.get("moved"):
