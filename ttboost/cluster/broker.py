@@ -23,6 +23,7 @@ _LOGGER = logging.getLogger(__name__)
 WORKERS_BUCKET: Final = "ttboost_workers"
 HEARTBEATS_PER_LEASE: Final = 3  # a worker renews its registry entry this many times per lease_seconds
 CONNECT_TIMEOUT: Final = 5.0  # seconds per connection attempt at start
+DRAIN_SECONDS: Final = 3.0  # a subscription's messages still being handled when it ends
 STREAM_CONFIG_DIFFERS: Final = 10058  # JetStream's error code: the stream exists with another configuration
 
 Handler = Callable[[dict[str, Any]], Awaitable[None]]
@@ -150,9 +151,15 @@ class Broker:
             return
         try:
             if drain and self.nc.is_connected:
-                await sub.drain()
+                # Bounded: a handler still at work on a message (a watch starting, NATS slow) must not hold a
+                # handover, or a shutdown, for ever; past the bound the rest is dropped.
+                async with asyncio.timeout(DRAIN_SECONDS):
+                    await sub.drain()
             else:
                 await sub.unsubscribe()
+        except TimeoutError:
+            _LOGGER.warning("cluster: %s was not drained within %.0f s", sub.subject, DRAIN_SECONDS)
+            await self.unsubscribe(sub)  # ends its message task too
         except Exception:  # the connection is closing: the subscription goes with it
             _LOGGER.debug("cluster: unsubscribe from %s failed", sub.subject, exc_info=True)
 
