@@ -63,7 +63,9 @@ class FrameRelay:
         self._replay_events = replay_events
         self._replay_seconds = replay_seconds
         self._outbox: deque[tuple[str, bytes, dict[str, str]]] = deque(maxlen=OUTBOX_MAX)
-        self._ready = asyncio.Event()
+        self._ready = asyncio.Event()  # something to send
+        self._empty = asyncio.Event()  # nothing waits to be sent
+        self._empty.set()
         self._pump: asyncio.Task[None] | None = None
         self._following: dict[int, _Following] = {}
         # This process's frames are skipped when they come back; a restarted worker of the same id takes its
@@ -86,15 +88,11 @@ class FrameRelay:
     async def close(self) -> None:
         """After the last frame: sends what is still waiting (for CLOSE_SEND_SECONDS at most: NATS may be away),
         then stops."""
+        await self.drained()
         if self._pump is not None:
             self._pump.cancel()
             await asyncio.gather(self._pump, return_exceptions=True)
             self._pump = None
-        try:
-            async with asyncio.timeout(CLOSE_SEND_SECONDS):
-                await self._send_waiting()
-        except TimeoutError:
-            _LOGGER.warning("cluster: %d frames could not be sent before the shutdown", len(self._outbox))
         for user_id in list(self._following):
             await self.unfollow(user_id)
 
@@ -105,6 +103,7 @@ class FrameRelay:
         if timing is not None:
             headers[H_TIMING] = f"{timing.type}|{timing.tiktok_ms}|{timing.received_ms}"
         self._outbox.append((subject(user_id), frame.encode(), headers))
+        self._empty.clear()
         self._ready.set()
 
     async def drained(self) -> None:
@@ -112,14 +111,14 @@ class FrameRelay:
         for it, so that the old home's last frames are on NATS before the new home's first."""
         try:
             async with asyncio.timeout(CLOSE_SEND_SECONDS):
-                while self._outbox:
-                    await asyncio.sleep(0.005)  # the pump is at it; a handover happens once per shutdown
+                await self._empty.wait()
         except TimeoutError:
             _LOGGER.warning("cluster: %d frames still wait for NATS", len(self._outbox))
 
     def post(self, subject_: str, data: bytes) -> None:
         """Any other message that must keep its order after the frames sent before it (a frame for a home)."""
         self._outbox.append((subject_, data, {}))
+        self._empty.clear()
         self._ready.set()
 
     async def _send_forever(self) -> None:
@@ -139,6 +138,7 @@ class FrameRelay:
                 await asyncio.sleep(0.5)
                 continue
             self._outbox.popleft()
+        self._empty.set()
 
     # --- frames of a home elsewhere ---
 

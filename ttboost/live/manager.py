@@ -169,17 +169,13 @@ class LiveManager:
                     self.watches.stopped(user_id)
                 await session.stop()
 
-    async def hand_over(self, user_id: int) -> bool:
-        """Stops the user's watch here without a word to the app: another worker goes on with it (cluster mode).
-        True if one was running."""
+    async def hand_over(self, user_id: int) -> None:
+        """Stops the user's watch here without a word to the app: another worker goes on with it (cluster mode)."""
         async with self._locks.hold(user_id):
             self._auto.discard(user_id)
             session = self._sessions.pop(user_id, None)
-            if session is None:
-                return False
-            running = session.running
-            await session.stop(report_idle=False)
-            return running
+            if session is not None:
+                await session.stop(report_idle=False)
 
     async def _stop_unlicensed(self) -> None:
         for user_id in [uid for uid, s in self._sessions.items() if s.running]:
