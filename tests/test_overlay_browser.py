@@ -89,13 +89,19 @@ def _png_size_and_colours(png: bytes) -> tuple[tuple[int, int], int]:
     return size, len(set(zlib.decompress(data)))
 
 
-async def test_a_gift_shows_and_sounds_the_next_waits_and_rotation_stops_the_page(served, page, tmp_path) -> None:
-    client = served
+async def _open_overlay(client: TestClient, page: Any, query: str) -> tuple[str, dict[str, str], str]:
+    """A streamer with sounds and an overlay key, and the page opened on its overlay URL with `query`, live."""
     token, sound_urls = await _streamer_with_sounds(client)
     resp = await client.post("/v2/overlay/key", headers=bearer(token))
     overlay_url = (await resp.json())["overlay_url"]
-    await page.call("Page.navigate", url=f"{overlay_url}?hold=2&lang=en")
+    await page.call("Page.navigate", url=f"{overlay_url}?{query}")
     await page.wait_for("document.documentElement.dataset.state === 'live'")
+    return token, sound_urls, overlay_url
+
+
+async def test_a_gift_shows_and_sounds_the_next_waits_and_rotation_stops_the_page(served, page, tmp_path) -> None:
+    client = served
+    token, sound_urls, overlay_url = await _open_overlay(client, page, "hold=2&lang=en")
 
     await _simulate(client, token, type="gift", user="Bob", gift_name="Rose", count=3)
     await _simulate(client, token, type="follow", user="Аня")
@@ -138,11 +144,7 @@ async def test_a_gift_shows_and_sounds_the_next_waits_and_rotation_stops_the_pag
 
 async def test_options_pick_the_alerts_show_chat_and_silence_the_sounds(served, page) -> None:
     client = served
-    token, _sound_urls = await _streamer_with_sounds(client)
-    resp = await client.post("/v2/overlay/key", headers=bearer(token))
-    overlay_url = (await resp.json())["overlay_url"]
-    await page.call("Page.navigate", url=f"{overlay_url}?events=follow&chat=1&audio=0&hold=1&lang=ru")
-    await page.wait_for("document.documentElement.dataset.state === 'live'")
+    token, _sound_urls, overlay_url = await _open_overlay(client, page, "events=follow&chat=1&audio=0&hold=1&lang=ru")
     await _simulate(client, token, type="gift", user="Bob", gift_name="Rose", count=3)  # not in events=
     await _simulate(client, token, type="chat", user="Аня", message="привет <b>всем</b>")
     # A rehearsal's frame (spec §8) stays off the stream; it would otherwise be the first follow alert.
